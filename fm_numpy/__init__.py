@@ -1,0 +1,1 @@
+"""fm_numpy: flow matching in NumPy + SciPy, readable line by line against the math."""

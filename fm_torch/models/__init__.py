@@ -1,0 +1,1 @@
+"""Neural velocity fields for fm_torch."""
