@@ -1,0 +1,65 @@
+"""Files on disk: atomic writes and loaders that never execute code.
+
+Every output goes to a temporary file in the target folder, is flushed to disk and then
+renamed over the target, so a crash leaves either the old file or the new one, never a
+torn one. `.npz` files are read with allow_pickle=False.
+"""
+
+import contextlib
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+__all__ = ["atomic_path", "save_npz", "load_npz", "save_json"]
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; on success fsync it and rename it to `path`."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    suffix = os.path.splitext(path)[1]  # keep the extension: np.savez appends .npz otherwise
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_npz(path, **arrays):
+    """Write arrays to `path` (.npz) atomically."""
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **arrays)
+
+
+def load_npz(path):
+    """Read every array of an .npz file into a dict, refusing pickled objects.
+
+    Raises ValueError with one line naming the file if it is missing, truncated, corrupt
+    or holds pickled objects.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as e:
+        raise ValueError(f"{path} is not a readable .npz file ({type(e).__name__}: {e})") from None
+
+
+def save_json(path, obj):
+    """Write obj as indented JSON atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
