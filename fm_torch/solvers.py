@@ -1,0 +1,133 @@
+"""ODE solvers for dx/dt = v(x, t), from noise (t=0) to data (t=1) or back.
+
+The torch twin of fm_numpy/solvers.py: the fixed-step updates are the same lines in the
+same arithmetic order, so both packages produce the same trajectory. The adaptive
+method is torchdiffeq's dopri5 (and dopri8).
+"""
+
+import torch
+import torchdiffeq
+
+__all__ = [
+    "FIXED_METHODS",
+    "ADAPTIVE_METHODS",
+    "euler_step",
+    "midpoint_step",
+    "heun_step",
+    "rk4_step",
+    "odeint",
+    "ClassifierFreeGuidance",
+]
+
+
+def euler_step(v, x, t, h):
+    """x_{n+1} = x_n + h v(x_n, t_n); order 1, 1 evaluation."""
+    return x + h * v(x, t)
+
+
+def midpoint_step(v, x, t, h):
+    """x_{n+1} = x_n + h v(x_n + (h/2) v(x_n, t_n), t_n + h/2); order 2, 2 evaluations."""
+    k1 = v(x, t)
+    x_mid = x + (0.5 * h) * k1
+    return x + h * v(x_mid, t + 0.5 * h)
+
+
+def heun_step(v, x, t, h):
+    """x_{n+1} = x_n + (h/2) (k1 + k2), k2 = v(x_n + h k1, t_n + h); order 2, 2 evaluations."""
+    k1 = v(x, t)
+    k2 = v(x + h * k1, t + h)
+    return x + (0.5 * h) * (k1 + k2)
+
+
+def rk4_step(v, x, t, h):
+    """Classic Runge-Kutta: x_{n+1} = x_n + (h/6)(k1 + 2 k2 + 2 k3 + k4); order 4, 4 evaluations."""
+    k1 = v(x, t)
+    k2 = v(x + (0.5 * h) * k1, t + 0.5 * h)
+    k3 = v(x + (0.5 * h) * k2, t + 0.5 * h)
+    k4 = v(x + h * k3, t + h)
+    return x + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
+
+
+FIXED_METHODS = {"euler": euler_step, "midpoint": midpoint_step, "heun": heun_step, "rk4": rk4_step}
+ADAPTIVE_METHODS = ("dopri5", "dopri8")
+NFE_PER_STEP = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}
+
+
+class _Counted:
+    """Wraps a velocity field and counts its evaluations (NFE)."""
+
+    def __init__(self, v):
+        self.v = v
+        self.nfe = 0
+
+    def __call__(self, x, t):
+        self.nfe += 1
+        return self.v(x, t)
+
+
+def _check_grid(t_grid):
+    t_grid = torch.as_tensor(t_grid, dtype=torch.float64).cpu()
+    if t_grid.ndim != 1 or t_grid.numel() < 2:
+        raise ValueError(f"t_grid must be 1-D with at least 2 times, got shape {tuple(t_grid.shape)}")
+    if not bool(torch.isfinite(t_grid).all()):
+        raise ValueError("t_grid must be finite")
+    h = torch.diff(t_grid)
+    if not (bool((h > 0).all()) or bool((h < 0).all())):
+        raise ValueError("t_grid must be strictly increasing or strictly decreasing")
+    return t_grid
+
+
+@torch.no_grad()
+def odeint(v, x0, t_grid, method="euler", return_nfe=False, rtol=1e-5, atol=1e-5):
+    """Solve dx/dt = v(x, t) from x(t_grid[0]) = x0; return x at every grid time.
+
+    `v(x, t)` receives t as a Python float from the fixed-step methods and as a 0-d
+    tensor from the adaptive ones. Fixed-step methods step once per grid interval
+    (forward or backward in time); adaptive methods ("dopri5", "dopri8") choose their
+    own steps to meet rtol/atol and report the state at the grid times.
+    Returns xs of shape (len(t_grid), *x0.shape), and the NFE too if return_nfe.
+    Runs without autograd; call the step functions directly to differentiate through them.
+    """
+    t_grid = _check_grid(t_grid)
+    v = _Counted(v)
+    if method in FIXED_METHODS:
+        step = FIXED_METHODS[method]
+        ts = t_grid.tolist()
+        xs = torch.empty((len(ts),) + tuple(x0.shape), dtype=x0.dtype, device=x0.device)  # (N, B, ...)
+        xs[0] = x0
+        x = x0
+        for n in range(len(ts) - 1):
+            t, h = ts[n], ts[n + 1] - ts[n]
+            x = step(v, x, t, h)
+            xs[n + 1] = x
+    elif method in ADAPTIVE_METHODS:
+        xs = torchdiffeq.odeint(
+            lambda t, x: v(x, t), x0, t_grid.to(x0.device), method=method, rtol=rtol, atol=atol,
+        )  # (N, B, ...)
+    else:
+        known = ", ".join(list(FIXED_METHODS) + list(ADAPTIVE_METHODS))
+        raise ValueError(f"unknown solver method {method!r}; choose one of {known}")
+    return (xs, v.nfe) if return_nfe else xs
+
+
+class ClassifierFreeGuidance:
+    """v(x, t) = v_uncond + w (v_cond - v_uncond) of a conditional model(x, t, y).
+
+    `model(x, t, None)` is the unconditional (null-class) field. w = 1 is the conditional
+    model and w = 0 the unconditional one; both are evaluated once, not twice.
+    """
+
+    def __init__(self, model, y, guidance=1.0):
+        self.model = model
+        self.y = y
+        self.guidance = float(guidance)
+
+    def __call__(self, x, t):
+        w = self.guidance
+        if w == 1.0:
+            return self.model(x, t, self.y)
+        v_uncond = self.model(x, t, None)
+        if w == 0.0:
+            return v_uncond
+        v_cond = self.model(x, t, self.y)
+        return v_uncond + w * (v_cond - v_uncond)
