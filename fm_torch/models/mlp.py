@@ -1,0 +1,113 @@
+"""The MLP velocity field of fm_numpy/mlp.py in PyTorch: same parameters, same arithmetic order.
+
+    freqs_k = exp(-log(10000) k / half),  k = 0..half-1,  half = time_features // 2
+    phi(t)  = [cos(1000 t freqs), sin(1000 t freqs)]                  # (B, time_features)
+    h_0     = concat[x, phi(t), E[y]]        (E[y] only with num_classes; y=None -> null row)
+    a_i     = h_i @ W{i} + b{i},   h_{i+1} = a_i * sigmoid(a_i),   i = 0..depth-1
+    v       = h_depth @ W{depth} + b{depth}                            # (B, dim)
+
+Initial weights are those of fm_numpy.mlp.MLP with the same seed, so both packages start
+from the same network. Weights move both ways through one .npz file.
+"""
+
+import json
+
+import numpy as np
+import torch
+from torch import nn
+
+from fm_numpy.io import load_npz, save_npz
+from fm_numpy.mlp import MLP as NumpyMLP
+from fm_numpy.mlp import _read_config
+
+__all__ = ["MLP"]
+
+
+def _dtype_name(dtype):
+    if isinstance(dtype, torch.dtype):
+        return {torch.float32: "float32", torch.float64: "float64"}.get(dtype, str(dtype))
+    return np.dtype(dtype).name
+
+
+class MLP(nn.Module):
+    """v = MLP(x, t, y) with parameters "W0", "b0", ..., "W{depth}", "b{depth}" [, "E"]."""
+
+    def __init__(self, dim, hidden=256, depth=3, time_features=32, num_classes=None, seed=0,
+                 dtype=torch.float32):
+        super().__init__()
+        reference = NumpyMLP(dim, hidden, depth, time_features, num_classes, seed,
+                             dtype=_dtype_name(dtype))
+        self.config = dict(reference.config)
+        self.dim, self.hidden, self.depth = reference.dim, reference.hidden, reference.depth
+        self.time_features, self.num_classes = reference.time_features, reference.num_classes
+        self.dtype = getattr(torch, reference.dtype.name)
+        for name, p in reference.params.items():
+            self.register_parameter(name, nn.Parameter(torch.from_numpy(p.copy())))
+        half = self.time_features // 2
+        freqs = torch.exp(-np.log(10000.0) * torch.arange(half, dtype=torch.float64) / half)
+        self.register_buffer("freqs", freqs.to(self.dtype), persistent=False)  # (T/2,)
+
+    def extra_repr(self):
+        return ", ".join(f"{k}={v!r}" for k, v in self.config.items())
+
+    def forward(self, x, t, y=None):
+        """v = MLP(x, t, y) for x (B, dim), t scalar or (B,), y None or ints (B,) (num_classes = null)."""
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"x must have shape (B, {self.dim}), got {tuple(x.shape)}")
+        B = x.shape[0]
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        if t.ndim == 0:
+            t = t.expand(B)
+        elif t.shape != (B,):
+            raise ValueError(f"t must be a scalar or have shape ({B},), got {tuple(t.shape)}")
+        targ = (1000 * t)[:, None] * self.freqs  # (B, T/2)
+        parts = [x, torch.cos(targ), torch.sin(targ)]
+        if self.num_classes:
+            if y is None:
+                y = torch.full((B,), self.num_classes, dtype=torch.long, device=x.device)
+            else:
+                y = torch.as_tensor(y, dtype=torch.long, device=x.device)
+                if y.ndim == 0:
+                    y = y.expand(B)
+            parts.append(self.E[y])  # (B, T)
+        elif y is not None:
+            raise ValueError("this MLP is unconditional (num_classes=None) but labels were given")
+        h = torch.cat(parts, dim=1)  # (B, D + T [+ T])
+        for i in range(self.depth):
+            a = h @ getattr(self, f"W{i}") + getattr(self, f"b{i}")  # (B, H)
+            h = a * torch.sigmoid(a)  # silu(a) = a / (1 + exp(-a))
+        return h @ getattr(self, f"W{self.depth}") + getattr(self, f"b{self.depth}")  # (B, D)
+
+    def save_npz(self, path):
+        """Write the parameters and "config" (JSON) to .npz atomically, as fm_numpy does."""
+        arrays = {k: p.detach().cpu().numpy() for k, p in self.named_parameters()}
+        save_npz(path, config=np.array(json.dumps(self.config)), **arrays)
+
+    def load_npz(self, path):
+        """Load parameters from an .npz written by either package; refuses another architecture."""
+        arrays = load_npz(path)
+        config = _read_config(arrays, path)
+        mine = {k: v for k, v in self.config.items() if k not in ("seed", "dtype")}
+        theirs = {k: config.get(k) for k in mine}
+        if mine != theirs:
+            raise ValueError(f"{path} holds an MLP with {theirs}, not {mine}")
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if name not in arrays or arrays[name].shape != tuple(p.shape):
+                    got = arrays[name].shape if name in arrays else "nothing"
+                    raise ValueError(
+                        f"{path}: parameter {name} should have shape {tuple(p.shape)}, got {got}")
+                p.copy_(torch.from_numpy(arrays[name]))
+        return self
+
+    @classmethod
+    def from_npz(cls, path, dtype=None):
+        """Build the MLP an .npz file describes and load its weights (dtype overrides the file's)."""
+        config = _read_config(load_npz(path), path)
+        if dtype is not None:
+            config["dtype"] = _dtype_name(dtype)
+        try:
+            model = cls(**config)
+        except TypeError as e:
+            raise ValueError(f"{path}: config is not an MLP configuration ({e})") from None
+        return model.load_npz(path)
