@@ -108,7 +108,8 @@ class VP:
         T = 0.5 * (1 - t) ** 2 * (self.beta_max - self.beta_min) + (1 - t) * self.beta_min
         d_T = -(1 - t) * (self.beta_max - self.beta_min) - self.beta_min
         alpha_t = np.exp(-0.5 * T)
-        sigma_t = np.sqrt(1 - np.exp(-T))
+        # 1 - exp(-T) cancels near t = 1 (T -> 0); -expm1(-T) keeps sigma_t's relative accuracy
+        sigma_t = np.sqrt(-np.expm1(-T))
         d_alpha_t = -0.5 * d_T * alpha_t
         with np.errstate(divide="ignore"):
             d_sigma_t = 0.5 * d_T * np.exp(-T) / sigma_t

@@ -107,7 +107,8 @@ class VP:
         T = 0.5 * (1 - t) ** 2 * (self.beta_max - self.beta_min) + (1 - t) * self.beta_min
         d_T = -(1 - t) * (self.beta_max - self.beta_min) - self.beta_min
         alpha_t = torch.exp(-0.5 * T)
-        sigma_t = torch.sqrt(1 - torch.exp(-T))
+        # 1 - exp(-T) cancels near t = 1 (T -> 0); -expm1(-T) keeps sigma_t's relative accuracy
+        sigma_t = torch.sqrt(-torch.expm1(-T))
         d_alpha_t = -0.5 * d_T * alpha_t
         d_sigma_t = 0.5 * d_T * torch.exp(-T) / sigma_t
         return alpha_t, sigma_t, d_alpha_t, d_sigma_t
