@@ -129,13 +129,14 @@ class GaussianMixtureField:
         """z_k = Q_k^T r_k for r of shape (B, K, D)."""
         if self.eigvecs is None:
             return r
-        return np.einsum("kji,bkj->bki", self.eigvecs, r)  # (B, K, D)
+        return np.matmul(r.transpose(1, 0, 2), self.eigvecs).transpose(1, 0, 2)  # (B, K, D)
 
     def _rotate_out(self, z):
         """Q_k z_k for z of shape (B, K, D)."""
         if self.eigvecs is None:
             return z
-        return np.einsum("kij,bkj->bki", self.eigvecs, z)  # (B, K, D)
+        Q_T = np.swapaxes(self.eigvecs, 1, 2)  # (K, D, D)
+        return np.matmul(z.transpose(1, 0, 2), Q_T).transpose(1, 0, 2)  # (B, K, D)
 
     def _components(self, x, t):
         """Per-component log-densities, posteriors w_k, conditional means mu_k and scores s_k."""
@@ -197,7 +198,7 @@ class GaussianMixtureField:
 
     def moments(self, t=1.0):
         """Mean (D,) and covariance (D, D) of p_t (t a scalar)."""
-        alpha_t, sigma_t = (float(c) for c in _batch_coefficients(self.scheduler, t, 1)[0:2])
+        alpha_t, sigma_t = (float(c[0]) for c in _batch_coefficients(self.scheduler, t, 1)[0:2])
         S = self.full_covariances()  # (K, D, D)
         mean = self.weights @ self.means  # (D,)
         dm = self.means - mean  # (K, D)

@@ -96,13 +96,14 @@ class GaussianMixtureField:
         """z_k = Q_k^T r_k for r of shape (B, K, D)."""
         if self.eigvecs is None:
             return r
-        return torch.einsum("kji,bkj->bki", self.eigvecs, r)  # (B, K, D)
+        return torch.matmul(r.transpose(0, 1), self.eigvecs).transpose(0, 1)  # (B, K, D)
 
     def _rotate_out(self, z):
         """Q_k z_k for z of shape (B, K, D)."""
         if self.eigvecs is None:
             return z
-        return torch.einsum("kij,bkj->bki", self.eigvecs, z)  # (B, K, D)
+        Q_T = self.eigvecs.transpose(1, 2)  # (K, D, D)
+        return torch.matmul(z.transpose(0, 1), Q_T).transpose(0, 1)  # (B, K, D)
 
     def _components(self, x, t):
         """Per-component log-densities, posteriors w_k, conditional means mu_k and scores s_k."""
@@ -164,7 +165,7 @@ class GaussianMixtureField:
     def moments(self, t=1.0):
         """Mean (D,) and covariance (D, D) of p_t (t a scalar)."""
         coefficients = _batch_coefficients(self.scheduler, t, 1, self.device)
-        alpha_t, sigma_t = (float(c) for c in coefficients[0:2])
+        alpha_t, sigma_t = (float(c[0]) for c in coefficients[0:2])
         S = self.full_covariances()  # (K, D, D)
         mean = self.weights @ self.means  # (D,)
         dm = self.means - mean  # (K, D)
@@ -186,7 +187,8 @@ def eight_gaussians_mixture(scheduler=None, radius=2.0, std=0.1):
     """The "8gaussians" toy set of fm_numpy.data as an explicit mixture (same centres, std)."""
     angles = 2 * math.pi * torch.arange(8, dtype=torch.float64) / 8
     means = radius * torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)  # (8, 2)
-    return GaussianMixtureField(means, torch.full((8, 2), std**2), torch.full((8,), 1 / 8), scheduler)
+    covariances = torch.full((8, 2), std**2, dtype=torch.float64)
+    return GaussianMixtureField(means, covariances, torch.full((8,), 1 / 8, dtype=torch.float64), scheduler)
 
 
 class EmpiricalField:
