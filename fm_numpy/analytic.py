@@ -102,7 +102,8 @@ class GaussianMixtureField:
             self.eigvecs = Q
         else:
             raise ValueError(
-                f"covariances must have shape ({K}, {D}, {D}) or ({K}, {D}), got {covariances.shape}"
+                f"covariances must have shape ({K}, {D}, {D}) or ({K}, {D}), "
+                f"got {covariances.shape}"
             )
         if weights is None:
             weights = np.full(K, 1.0 / K)
@@ -271,7 +272,9 @@ class EmpiricalField:
         for start in range(0, self.N, self.chunk_size):
             Y = self.data[start : start + self.chunk_size].astype(np.float64)  # (C, D)
             y_sq = self.sq_norms[start : start + self.chunk_size]  # (C,)
-            sq_dist = x_sq[:, None] - 2 * alpha_t[:, None] * (x @ Y.T) + alpha_t[:, None] ** 2 * y_sq
+            sq_dist = (
+                x_sq[:, None] - 2 * alpha_t[:, None] * (x @ Y.T) + alpha_t[:, None] ** 2 * y_sq
+            )
             logits = -0.5 * inv_var[:, None] * sq_dist  # (B, C)
             new_max = np.maximum(run_max, logits.max(axis=1))  # (B,)
             rescale = np.exp(run_max - new_max)  # (B,), 0 on the first chunk
@@ -293,7 +296,8 @@ class EmpiricalField:
         return x1_hat.reshape(np.shape(x)).astype(_out_dtype(x))
 
     def __call__(self, x, t):
-        """u_t(x) = (d_sigma_t / sigma_t) x + ((d_alpha_t sigma_t - d_sigma_t alpha_t) / sigma_t) x1_hat."""
+        """u_t(x) = a x + b x1_hat, a = d_sigma_t / sigma_t,
+        b = (d_alpha_t sigma_t - d_sigma_t alpha_t) / sigma_t (AffinePath.velocity_from_x1)."""
         xf = _flatten(x, self.D)
         _, x1_hat, _, (alpha_t, sigma_t, d_alpha_t, d_sigma_t) = self._posterior(xf, t)
         a = (d_sigma_t / sigma_t)[:, None]  # (B, 1)
@@ -302,7 +306,7 @@ class EmpiricalField:
         return v.reshape(np.shape(x)).astype(_out_dtype(x))
 
     def divergence(self, x, t):
-        """(u_t(x), div u_t(x)), div = D a + b (alpha_t / sigma_t^2) (sum_i w_i |y_i|^2 - |x1_hat|^2).
+        """(u_t(x), div u_t(x)), div = D a + b (alpha_t / sigma_t^2) (E_w|y|^2 - |x1_hat|^2).
 
         a, b are the coefficients of x and x1_hat in u_t; the Jacobian of x1_hat is
         (alpha_t / sigma_t^2) Cov_w(y), whose trace is the posterior variance.

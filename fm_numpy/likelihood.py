@@ -122,7 +122,9 @@ def _jvp(v, x, t, dx, y=None):
         return v.jvp(x, t, dx) if y is None else v.jvp(x, t, dx, y)
     h = _fd_step(x)
     vx = _call(v, x, t, y)
-    jdx = (np.asarray(_call(v, x + h * dx, t, y)) - np.asarray(_call(v, x - h * dx, t, y))) / (2 * h)
+    jdx = (np.asarray(_call(v, x + h * dx, t, y)) - np.asarray(_call(v, x - h * dx, t, y))) / (
+        2 * h
+    )
     return vx, jdx
 
 
@@ -176,7 +178,9 @@ def log_likelihood(
     n_probes, seed). With return_x0, also the noise x0 (B, ...) the points map to.
     """
     if divergence not in DIVERGENCES:
-        raise ValueError(f"unknown divergence {divergence!r}; choose one of {', '.join(DIVERGENCES)}")
+        raise ValueError(
+            f"unknown divergence {divergence!r}; choose one of {', '.join(DIVERGENCES)}"
+        )
     t_grid = _check_grid(steps, t_grid)
     x1 = np.asarray(x1, dtype=np.float64)
     if x1.ndim < 2:
@@ -194,7 +198,9 @@ def log_likelihood(
         else:
             vx, est = hutchinson_divergence(v, x, t, probes, y)
             div = est.mean(axis=0)
-        return np.concatenate([np.asarray(vx, dtype=np.float64).reshape(B, D), div[:, None]], axis=1)
+        return np.concatenate(
+            [np.asarray(vx, dtype=np.float64).reshape(B, D), div[:, None]], axis=1
+        )
 
     state1 = np.concatenate([x1.reshape(B, D), np.zeros((B, 1))], axis=1)  # (B, D + 1)
     states = odeint(augmented, state1, t_grid, method=method, rtol=rtol, atol=atol)

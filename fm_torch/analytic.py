@@ -29,7 +29,9 @@ def _flatten(x, D, device):
     """x of shape (B, ...) with prod(...) = D as float64 (B, D)."""
     x = torch.as_tensor(x)
     if x.ndim < 1 or math.prod(x.shape[1:]) != D:
-        raise ValueError(f"x must have shape (B, ...) with {D} values per sample, got {tuple(x.shape)}")
+        raise ValueError(
+            f"x must have shape (B, ...) with {D} values per sample, got {tuple(x.shape)}"
+        )
     return x.reshape(x.shape[0], D).to(device=device, dtype=torch.float64)
 
 
@@ -65,12 +67,17 @@ class GaussianMixtureField:
             self.eigvecs = Q
         else:
             raise ValueError(
-                f"covariances must have shape ({K}, {D}, {D}) or ({K}, {D}), got {tuple(covariances.shape)}"
+                f"covariances must have shape ({K}, {D}, {D}) or ({K}, {D}), "
+                f"got {tuple(covariances.shape)}"
             )
         if weights is None:
             weights = torch.full((K,), 1.0 / K, dtype=torch.float64)
         weights = torch.as_tensor(weights, dtype=torch.float64, device=means.device)
-        if weights.shape != (K,) or bool((weights <= 0).any()) or not bool(torch.isfinite(weights).all()):
+        if (
+            weights.shape != (K,)
+            or bool((weights <= 0).any())
+            or not bool(torch.isfinite(weights).all())
+        ):
             raise ValueError(f"weights must be {K} positive numbers")
         self.means = means
         self.covariances = covariances
@@ -147,7 +154,9 @@ class GaussianMixtureField:
             - torch.sum(score * v, dim=1)
         )  # (B,)
         dtype = _out_dtype(x)
-        return v.reshape(x.shape).to(device=x.device, dtype=dtype), div.to(device=x.device, dtype=dtype)
+        return v.reshape(x.shape).to(device=x.device, dtype=dtype), div.to(
+            device=x.device, dtype=dtype
+        )
 
     def score(self, x, t):
         """grad_x log p_t(x) = sum_k w_k(x) s_k(x)."""
@@ -188,7 +197,9 @@ def eight_gaussians_mixture(scheduler=None, radius=2.0, std=0.1):
     angles = 2 * math.pi * torch.arange(8, dtype=torch.float64) / 8
     means = radius * torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)  # (8, 2)
     covariances = torch.full((8, 2), std**2, dtype=torch.float64)
-    return GaussianMixtureField(means, covariances, torch.full((8,), 1 / 8, dtype=torch.float64), scheduler)
+    return GaussianMixtureField(
+        means, covariances, torch.full((8,), 1 / 8, dtype=torch.float64), scheduler
+    )
 
 
 class EmpiricalField:
@@ -235,7 +246,9 @@ class EmpiricalField:
         for start in range(0, self.N, self.chunk_size):
             Y = self.data[start : start + self.chunk_size].to(torch.float64)  # (C, D)
             y_sq = self.sq_norms[start : start + self.chunk_size]  # (C,)
-            sq_dist = x_sq[:, None] - 2 * alpha_t[:, None] * (x @ Y.T) + alpha_t[:, None] ** 2 * y_sq
+            sq_dist = (
+                x_sq[:, None] - 2 * alpha_t[:, None] * (x @ Y.T) + alpha_t[:, None] ** 2 * y_sq
+            )
             logits = -0.5 * inv_var[:, None] * sq_dist  # (B, C)
             new_max = torch.maximum(run_max, logits.max(dim=1).values)  # (B,)
             rescale = torch.exp(run_max - new_max)  # (B,), 0 on the first chunk
@@ -257,7 +270,8 @@ class EmpiricalField:
         return x1_hat.reshape(x.shape).to(device=x.device, dtype=_out_dtype(x))
 
     def __call__(self, x, t):
-        """u_t(x) = (d_sigma_t / sigma_t) x + ((d_alpha_t sigma_t - d_sigma_t alpha_t) / sigma_t) x1_hat."""
+        """u_t(x) = a x + b x1_hat, a = d_sigma_t / sigma_t,
+        b = (d_alpha_t sigma_t - d_sigma_t alpha_t) / sigma_t (AffinePath.velocity_from_x1)."""
         xf = _flatten(x, self.D, self.device)
         _, x1_hat, _, (alpha_t, sigma_t, d_alpha_t, d_sigma_t) = self._posterior(xf, t)
         a = (d_sigma_t / sigma_t)[:, None]  # (B, 1)
@@ -266,7 +280,7 @@ class EmpiricalField:
         return v.reshape(x.shape).to(device=x.device, dtype=_out_dtype(x))
 
     def divergence(self, x, t):
-        """(u_t(x), div u_t(x)), div = D a + b (alpha_t / sigma_t^2) (sum_i w_i |y_i|^2 - |x1_hat|^2)."""
+        """(u_t(x), div u_t(x)), div = D a + b (alpha_t / sigma_t^2) (E_w|y|^2 - |x1_hat|^2)."""
         xf = _flatten(x, self.D, self.device)
         _, x1_hat, y2_hat, (alpha_t, sigma_t, d_alpha_t, d_sigma_t) = self._posterior(
             xf, t, second_moment=True
@@ -277,7 +291,9 @@ class EmpiricalField:
         posterior_var = torch.clamp(y2_hat - torch.sum(x1_hat**2, dim=1), min=0.0)  # (B,)
         div = self.D * a + b * alpha_t / sigma_t**2 * posterior_var  # (B,)
         dtype = _out_dtype(x)
-        return v.reshape(x.shape).to(device=x.device, dtype=dtype), div.to(device=x.device, dtype=dtype)
+        return v.reshape(x.shape).to(device=x.device, dtype=dtype), div.to(
+            device=x.device, dtype=dtype
+        )
 
     def log_prob(self, x, t):
         """log p_t(x) = log (1/N) sum_i N(x; alpha_t y_i, sigma_t^2 I), for sigma_t > 0."""

@@ -53,7 +53,9 @@ def _call(v, x, t, y):
 def standard_normal_log_prob(x0):
     """log N(x0; 0, I) = -|x0|^2 / 2 - (D / 2) log(2 pi), summed over all but the batch axis."""
     D = math.prod(x0.shape[1:])
-    return -0.5 * torch.sum(x0.reshape(x0.shape[0], -1) ** 2, dim=1) - 0.5 * D * math.log(2 * math.pi)
+    return -0.5 * torch.sum(x0.reshape(x0.shape[0], -1) ** 2, dim=1) - 0.5 * D * math.log(
+        2 * math.pi
+    )
 
 
 def draw_probes(shape, probe="rademacher", n_probes=1, seed=0, dtype=torch.float64, device=None):
@@ -144,7 +146,9 @@ def log_likelihood(
     likelihoods). Runs without a graph through the solver (no gradients w.r.t. parameters).
     """
     if divergence not in DIVERGENCES:
-        raise ValueError(f"unknown divergence {divergence!r}; choose one of {', '.join(DIVERGENCES)}")
+        raise ValueError(
+            f"unknown divergence {divergence!r}; choose one of {', '.join(DIVERGENCES)}"
+        )
     t_grid = _check_grid(steps, t_grid)
     x1 = torch.as_tensor(x1)
     if not x1.is_floating_point():
@@ -169,7 +173,9 @@ def log_likelihood(
             div = est.mean(dim=0)
         return torch.cat([vx.reshape(B, D).to(state.dtype), div[:, None].to(state.dtype)], dim=1)
 
-    state1 = torch.cat([x1.reshape(B, D), torch.zeros(B, 1, dtype=x1.dtype, device=x1.device)], dim=1)
+    state1 = torch.cat(
+        [x1.reshape(B, D), torch.zeros(B, 1, dtype=x1.dtype, device=x1.device)], dim=1
+    )
     states = odeint(augmented, state1, t_grid, method=method, rtol=rtol, atol=atol)  # (N, B, D + 1)
     x0 = states[-1][:, :D].reshape(x1.shape)
     delta0 = states[-1][:, D]  # int_1^0 div v dt
@@ -196,8 +202,9 @@ def bits_per_dim(log_p_x, D):
     return -log_p_z / (D * math.log(2.0)) + 8.0
 
 
-def mnist_log_likelihood(v, images, rng=None, flatten=True, dtype=torch.float64, device=None,
-                         **options):
+def mnist_log_likelihood(
+    v, images, rng=None, flatten=True, dtype=torch.float64, device=None, **options
+):
     """(log p_x(x), bpd) per image for 8-bit images (B, 28, 28) in [0, 1].
 
     Dequantises, maps to [-1, 1), reshapes to (B, 784) if flatten (else (B, 1, 28, 28) for

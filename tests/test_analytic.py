@@ -73,7 +73,8 @@ def test_single_gaussian_matches_reference_closed_form():
 
 
 def test_empirical_matches_reference_closed_form():
-    # REFERENCES.md: u_t(x) = sum_i w_i (y_i - x) / (1-t), w = softmax(-|x - t y_i|^2 / (2 (1-t)^2)).
+    # REFERENCES.md: u_t(x) = sum_i w_i (y_i - x) / (1-t),
+    # w = softmax(-|x - t y_i|^2 / (2 (1-t)^2)).
     rng = np.random.default_rng(2)
     Y = rng.standard_normal((30, 4))
     x = rng.standard_normal((7, 4))
@@ -81,7 +82,9 @@ def test_empirical_matches_reference_closed_form():
     logits = -np.sum((x[:, None] - t * Y[None]) ** 2, axis=2) / (2 * (1 - t) ** 2)
     w = np.exp(logits - logsumexp(logits, axis=1)[:, None])
     expected = np.einsum("bi,bid->bd", w, Y[None] - x[:, None]) / (1 - t)
-    np.testing.assert_allclose(EmpiricalField(Y, CondOT(), chunk_size=8)(x, t), expected, atol=1e-12)
+    np.testing.assert_allclose(
+        EmpiricalField(Y, CondOT(), chunk_size=8)(x, t), expected, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("name,kwargs", SCHEDULERS)
@@ -114,7 +117,11 @@ def test_gaussian_mixture_divergence_and_score(name, kwargs, diagonal):
     np.testing.assert_allclose(div, fd_divergence(field, x, t), atol=1e-7)
     h = 1e-5
     fd_score = np.stack(
-        [(field.log_prob(x + h * e, t) - field.log_prob(x - h * e, t)) / (2 * h) for e in np.eye(3)], 1
+        [
+            (field.log_prob(x + h * e, t) - field.log_prob(x - h * e, t)) / (2 * h)
+            for e in np.eye(3)
+        ],
+        1,
     )
     np.testing.assert_allclose(field.score(x, t), fd_score, atol=1e-7)
 
@@ -144,7 +151,8 @@ def test_gaussian_mixture_log_prob_matches_scipy():
     for t in (1.0, 0.4):
         alpha_t, sigma_t = (float(c) for c in field.scheduler(t)[:2])
         dens = sum(
-            w * stats.multivariate_normal(alpha_t * m, alpha_t**2 * S + sigma_t**2 * np.eye(3)).pdf(x)
+            w
+            * stats.multivariate_normal(alpha_t * m, alpha_t**2 * S + sigma_t**2 * np.eye(3)).pdf(x)
             for w, m, S in zip(field.weights, field.means, field.covariances, strict=True)
         )
         np.testing.assert_allclose(field.log_prob(x, t), np.log(dens), rtol=1e-10)
@@ -260,7 +268,9 @@ def test_integrating_the_oracle_reproduces_the_mixture():
         proj_std = np.sqrt(alpha_t**2 * direction @ field.covariances @ direction + sigma_t**2)
 
         def cdf(u, proj_means=proj_means, proj_std=proj_std):
-            return np.sum(field.weights * stats.norm.cdf((u[:, None] - proj_means) / proj_std), axis=1)
+            return np.sum(
+                field.weights * stats.norm.cdf((u[:, None] - proj_means) / proj_std), axis=1
+            )
 
         assert stats.kstest(xt @ direction, cdf).pvalue > 1e-3
 
@@ -318,7 +328,9 @@ def test_numpy_and_torch_oracles_agree(name):
     np.testing.assert_allclose(
         f_t.log_prob(torch.tensor(x), 0.3).numpy(), f_np.log_prob(x, 0.3), rtol=1e-12
     )
-    np.testing.assert_allclose(f_t.score(torch.tensor(x), 0.7).numpy(), f_np.score(x, 0.7), atol=1e-12)
+    np.testing.assert_allclose(
+        f_t.score(torch.tensor(x), 0.7).numpy(), f_np.score(x, 0.7), atol=1e-12
+    )
 
     Y = rng.standard_normal((50, 1, 3, 3))
     e_np = EmpiricalField(Y, make_scheduler(name), chunk_size=16)
