@@ -244,6 +244,15 @@ class DiffusionToFlow:
         return (f"DiffusionToFlow(prediction={self.prediction!r}, "
                 f"steps={len(self.alphas_cumprod)}, t in [{self.t_min:.4g}, {self.t_max:.4g}])")
 
+    def time_grid(self, num_steps):
+        """The flow times of num_steps evenly spaced diffusion steps (N-1 down to 0), then 1.
+
+        num_steps + 1 times from t_min to 1; Euler on this grid from x = x_T / s(t_min) is
+        DDIM (eta = 0) with num_steps steps, step for step (docs/diffusion.md).
+        """
+        steps = ddim_timesteps(len(self.alphas_cumprod), num_steps).astype(np.float64)
+        return np.append(timestep_to_flow_time(steps, self.alphas_cumprod), 1.0)
+
     def coefficients(self, t, x):
         """(timestep (B,), a, b, s) for flow time t, a, b, s broadcastable against x."""
         t = _batch_t(t, x)
@@ -375,7 +384,8 @@ def ddim_sample(model, x_T, alphas_cumprod, num_steps, prediction="epsilon", y=N
         abar_next = abar[steps[i + 1]] if i + 1 < len(steps) else 1.0
         timestep = np.full((x.shape[0],), k, dtype=x.dtype)  # (B,)
         out = model(x, timestep, y)  # (B, ...)
-        a, b = np.sqrt(abar[k]).astype(x.dtype), np.sqrt(1 - abar[k]).astype(x.dtype)
+        a = np.sqrt(abar[k]).astype(x.dtype)
+        b = np.sqrt(1 - abar[k]).astype(x.dtype)
         x1_hat, x0_hat = x1_x0_from_output(prediction, x, out, a, b)
         a_next = np.sqrt(abar_next).astype(x.dtype)
         b_next = np.sqrt(1 - abar_next).astype(x.dtype)
