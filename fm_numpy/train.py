@@ -1,0 +1,230 @@
+"""The flow-matching training loop (NumPy): regress the conditional velocity of an affine path.
+
+Each step, with one seeded generator rng:
+    x1 (, y) ~ data,   t ~ U[0, 1),   x0 ~ N(0, I),   (y -> null class with prob. label_dropout)
+    xt = alpha_t x1 + sigma_t x0,   ut = d_alpha_t x1 + d_sigma_t x0
+    L = mean over batch and coordinates of (v_theta(xt, t, y) - ut)^2
+    dL/dv = 2 (v - ut) / (B D), then the MLP's manual backward and one Adam step.
+
+A run folder holds config.json, loss.csv (step,loss), model.npz (the MLP) and
+checkpoint.npz (weights, Adam moments, the generator's state as JSON, the step), each
+written atomically every ckpt_every steps, so `resume=True` continues to exactly the
+weights an uninterrupted run reaches.
+"""
+
+import csv
+import json
+import os
+
+import numpy as np
+
+from fm_numpy.io import atomic_path, load_npz, save_json, save_npz
+from fm_numpy.mlp import MLP
+from fm_numpy.optim import Adam
+from fm_numpy.paths import AffinePath, make_scheduler
+
+__all__ = ["DEFAULTS", "MNIST_DEFAULTS", "TrainingDiverged", "train", "resolve_config"]
+
+DEFAULTS = {
+    "data": "8gaussians", "steps": 6000, "batch": 512, "lr": 2e-3, "hidden": 256, "depth": 3,
+    "time_features": 32, "scheduler": "condot", "seed": 0, "ckpt_every": 1000,
+    "label_dropout": 0.1, "weight_decay": 0.0, "max_grad_norm": None, "dtype": "float32",
+    "n_train": None,
+}
+MNIST_DEFAULTS = {"steps": 3000, "batch": 128, "lr": 1e-3, "hidden": 512, "depth": 3}
+
+# settings that may change when a run is resumed; everything else must match the checkpoint
+_RESUMABLE = ("steps", "ckpt_every")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def resolve_config(**overrides):
+    """Defaults (MNIST's for data="mnist"), then the given non-None overrides; validated."""
+    data = overrides.get("data") or DEFAULTS["data"]
+    config = dict(DEFAULTS)
+    if data == "mnist":
+        config.update(MNIST_DEFAULTS)
+    config.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = set(config) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown training settings: {', '.join(sorted(unknown))}")
+    for key in ("steps", "batch", "hidden", "depth", "ckpt_every"):
+        if int(config[key]) != config[key] or config[key] < 1:
+            raise ValueError(f"{key} must be a positive integer, got {config[key]}")
+    if not config["lr"] > 0:
+        raise ValueError(f"lr must be positive, got {config['lr']}")
+    if not 0 <= config["label_dropout"] < 1:
+        raise ValueError(f"label_dropout must lie in [0, 1), got {config['label_dropout']}")
+    make_scheduler(config["scheduler"])  # raises ValueError for an unknown name
+    return config
+
+
+class _ToyData:
+    num_classes = None
+    dim = 2
+
+    def __init__(self, name, dtype):
+        from fm_numpy.data import TOY_DATASETS
+
+        if name not in TOY_DATASETS:
+            raise ValueError(f"unknown data set {name!r}; choose mnist or one of "
+                             f"{', '.join(TOY_DATASETS)}")
+        self.name, self.dtype = name, dtype
+
+    def draw(self, rng, B):
+        from fm_numpy.data import sample_toy
+
+        return sample_toy(self.name, B, rng, dtype=self.dtype), None
+
+
+class _MnistData:
+    num_classes = 10
+    dim = 784
+
+    def __init__(self, dtype, n_train=None):
+        from fm_numpy.data import load_mnist
+
+        images, labels = load_mnist("train")
+        if n_train is not None:
+            images, labels = images[:n_train], labels[:n_train]
+        self.x = (images.reshape(len(images), 784) * 2 - 1).astype(dtype)  # (N, 784) in [-1, 1]
+        self.y = np.asarray(labels, dtype=np.int64)
+
+    def draw(self, rng, B):
+        idx = rng.integers(0, len(self.x), B)
+        return self.x[idx], self.y[idx]
+
+
+def _make_data(config):
+    if config["data"] == "mnist":
+        return _MnistData(config["dtype"], config["n_train"])
+    return _ToyData(config["data"], config["dtype"])
+
+
+def _read_losses(path, up_to_step):
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    return [(int(s), float(v)) for s, v in rows if int(s) <= up_to_step]
+
+
+def _write_losses(path, rows, append):
+    if not append:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["step", "loss"])
+            w.writerows((s, repr(v)) for s, v in rows)
+        return
+    with open(path, "a", newline="") as f:
+        csv.writer(f).writerows((s, repr(v)) for s, v in rows)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def train(out, resume=False, progress=True, **settings):
+    """Train an MLP velocity field; returns (model, losses) with losses [(step, loss), ...].
+
+    `settings` are the keys of DEFAULTS (see resolve_config). With resume=True the run in
+    `out` continues from its checkpoint (its settings must match, except steps/ckpt_every).
+    Raises TrainingDiverged at the first non-finite loss, keeping the last checkpoint.
+    """
+    from tqdm import tqdm
+
+    config = resolve_config(**settings)
+    out = os.fspath(out)
+    ckpt_path = os.path.join(out, "checkpoint.npz")
+    loss_path = os.path.join(out, "loss.csv")
+    if resume and not os.path.exists(ckpt_path):
+        raise FileNotFoundError(f"nothing to resume: {ckpt_path} does not exist")
+    if not resume and os.path.exists(ckpt_path):
+        raise ValueError(f"{out} already holds a run; resume it or choose another output folder")
+
+    data = _make_data(config)
+    dtype = np.dtype(config["dtype"])
+    model = MLP(data.dim, config["hidden"], config["depth"], config["time_features"],
+                data.num_classes, seed=config["seed"], dtype=dtype)
+    opt = Adam(model.params, lr=config["lr"], weight_decay=config["weight_decay"],
+               decoupled=True, max_grad_norm=config["max_grad_norm"])
+    rng = np.random.default_rng(config["seed"])
+    path = AffinePath(make_scheduler(config["scheduler"]))
+    step = 0
+    if resume:
+        step = _load_checkpoint(ckpt_path, config, model, opt, rng)
+        losses = _read_losses(loss_path, step)
+        _write_losses(loss_path, losses, append=False)  # drop rows logged after the checkpoint
+    else:
+        losses = []
+        _write_losses(loss_path, [], append=False)
+    save_json(os.path.join(out, "config.json"), config)
+
+    B, D, C = config["batch"], data.dim, data.num_classes
+    pending = []
+    last_good = step
+    bar = tqdm(total=config["steps"], initial=step, disable=not progress, desc="train",
+               mininterval=0.5, dynamic_ncols=True)
+    try:
+        while step < config["steps"]:
+            x1, y = data.draw(rng, B)  # (B, D), (B,) or None
+            t = rng.random(B, dtype=dtype)  # (B,)
+            x0 = rng.standard_normal((B, D), dtype=dtype)  # (B, D)
+            if C is not None and config["label_dropout"] > 0:
+                drop = rng.random(B) < config["label_dropout"]
+                y = np.where(drop, C, y)  # null class for classifier-free guidance
+            xt, ut = path.sample(x0, x1, t)  # (B, D) each
+            v = model.forward(xt, t, y)  # (B, D)
+            diff = v - ut  # (B, D)
+            loss = float(np.mean(diff * diff))
+            if not np.isfinite(loss):
+                raise TrainingDiverged(
+                    f"loss is {loss} at step {step + 1}; stopped, the last good checkpoint "
+                    f"(step {last_good}) is kept in {out}")
+            diff *= 2.0 / diff.size  # dL/dv
+            opt.step(model.backward(diff))
+            step += 1
+            pending.append((step, loss))
+            if step % 100 == 0:
+                bar.set_postfix(loss=f"{np.mean([v for _, v in pending[-100:]]):.4f}",
+                                refresh=False)
+            bar.update(1)
+            if step % config["ckpt_every"] == 0 or step == config["steps"]:
+                _write_losses(loss_path, pending, append=True)
+                losses.extend(pending)
+                pending = []
+                _save_checkpoint(out, ckpt_path, config, model, opt, rng, step)
+                last_good = step
+    finally:
+        bar.close()
+    return model, losses
+
+
+def _save_checkpoint(out, ckpt_path, config, model, opt, rng, step):
+    arrays = {f"model.{k}": p for k, p in model.params.items()}
+    arrays.update({f"adam.{k}": v for k, v in opt.state_dict().items()})
+    save_npz(ckpt_path, step=np.array(step, dtype=np.int64),
+             rng_state=np.array(json.dumps(rng.bit_generator.state)),
+             config=np.array(json.dumps(config)), **arrays)
+    model.save_npz(os.path.join(out, "model.npz"))
+
+
+def _load_checkpoint(ckpt_path, config, model, opt, rng):
+    arrays = load_npz(ckpt_path)
+    for key in ("step", "rng_state", "config"):
+        if key not in arrays:
+            raise ValueError(f"{ckpt_path} is not a training checkpoint (no {key!r})")
+    saved = json.loads(str(arrays["config"]))
+    changed = [k for k in config if k not in _RESUMABLE and saved.get(k) != config[k]]
+    if changed:
+        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {config[k]!r}" for k in changed)
+        raise ValueError(f"cannot resume {ckpt_path} with different settings ({diffs})")
+    for name, p in model.params.items():
+        key = f"model.{name}"
+        if key not in arrays or arrays[key].shape != p.shape:
+            raise ValueError(f"{ckpt_path}: {key} is missing or has the wrong shape")
+        p[...] = arrays[key]
+    opt.load_state_dict({k[len("adam."):]: v for k, v in arrays.items() if k.startswith("adam.")})
+    rng.bit_generator.state = json.loads(str(arrays["rng_state"]))
+    return int(arrays["step"])
