@@ -1,0 +1,255 @@
+"""`fm-numpy`: train a flow-matching MLP and sample from it, NumPy only (plots need matplotlib).
+
+    fm-numpy train --data 8gaussians --out runs/8g
+    fm-numpy sample --model runs/8g/model.npz --method rk4 --steps 20 -n 10000 --out s.npz
+
+Each subcommand is one `add_<name>_parser(subparsers)` function that registers its
+arguments and sets `func`; add a new one to SUBCOMMANDS. Every ValueError,
+FileNotFoundError or OSError becomes one line `fm-numpy: error: ...` and exit status 2.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+PROG = "fm-numpy"
+
+
+# ---------------------------------------------------------------------- plots
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_loss(losses, path):
+    """loss.csv as a curve (raw and a 100-step running mean), log scale."""
+    plt = _pyplot()
+    steps = np.array([s for s, _ in losses])
+    values = np.array([v for _, v in losses])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, values, lw=0.5, alpha=0.4, label="loss")
+    if len(values) >= 100:
+        smooth = np.convolve(values, np.ones(100) / 100, mode="valid")
+        ax.plot(steps[99:], smooth, lw=1.5, label="running mean (100)")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("mean (v - ut)^2")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_samples_2d(samples, data, path):
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4), sharex=True, sharey=True)
+    for ax, pts, title in ((axes[0], data, "data"), (axes[1], samples, "samples")):
+        ax.scatter(pts[:, 0], pts[:, 1], s=1, alpha=0.3)
+        ax.set_title(f"{title} ({len(pts)})")
+        ax.set_aspect("equal")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_trajectories_2d(xs, path, n_paths=300):
+    """xs (steps+1, N, 2): a few paths from noise (t=0) to data (t=1)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    k = min(n_paths, xs.shape[1])
+    ax.plot(xs[:, :k, 0], xs[:, :k, 1], lw=0.4, alpha=0.5, color="gray")
+    ax.scatter(xs[0, :k, 0], xs[0, :k, 1], s=3, color="tab:blue", label="x0 (t=0)")
+    ax.scatter(xs[-1, :k, 0], xs[-1, :k, 1], s=3, color="tab:red", label="x1 (t=1)")
+    ax.set_aspect("equal")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_field_2d(model, path, times=(0.0, 0.25, 0.5, 0.75, 1.0), lim=3.0, n=21):
+    """The learned v(x, t) on a grid at a few times (unconditional)."""
+    plt = _pyplot()
+    g = np.linspace(-lim, lim, n)
+    gx, gy = np.meshgrid(g, g)
+    grid = np.stack([gx.ravel(), gy.ravel()], axis=1)  # (n^2, 2)
+    fig, axes = plt.subplots(1, len(times), figsize=(3 * len(times), 3))
+    for ax, t in zip(axes, times):
+        v = model(grid, t)  # (n^2, 2)
+        ax.quiver(grid[:, 0], grid[:, 1], v[:, 0], v[:, 1], np.hypot(v[:, 0], v[:, 1]))
+        ax.set_title(f"v(x, t={t:g})")
+        ax.set_aspect("equal")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_digit_grid(images, labels, path):
+    """A 10 x 10 grid: row c holds the first ten samples of class c."""
+    plt = _pyplot()
+    canvas = np.ones((10 * 28, 10 * 28))
+    for c in range(10):
+        idx = np.flatnonzero(labels == c)[:10]
+        for j, i in enumerate(idx):
+            canvas[28 * c:28 * (c + 1), 28 * j:28 * (j + 1)] = images[i]
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.imshow(canvas, cmap="gray", vmin=0, vmax=1)
+    ax.set_yticks(14 + 28 * np.arange(10), [str(c) for c in range(10)])
+    ax.set_xticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------- train
+def add_train_parser(subparsers):
+    p = subparsers.add_parser("train", help="train an MLP velocity field by flow matching")
+    p.add_argument("--data", default="8gaussians",
+                   help="mnist or a 2-D toy set: moons, 8gaussians, checkerboard, spirals, circles")
+    p.add_argument("--steps", type=int, help="optimizer steps (default 6000; mnist 3000)")
+    p.add_argument("--batch", type=int, help="batch size (default 512; mnist 128)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default 2e-3; mnist 1e-3)")
+    p.add_argument("--hidden", type=int, help="hidden width (default 256; mnist 512)")
+    p.add_argument("--depth", type=int, help="hidden layers (default 3)")
+    p.add_argument("--time-features", type=int, help="time embedding size (default 32)")
+    p.add_argument("--scheduler", help="path scheduler (default condot)")
+    p.add_argument("--seed", type=int, help="seed of weights and data stream (default 0)")
+    p.add_argument("--ckpt-every", type=int, help="checkpoint every N steps (default 1000)")
+    p.add_argument("--label-dropout", type=float,
+                   help="probability of the null class for guidance (mnist; default 0.1)")
+    p.add_argument("--weight-decay", type=float, help="AdamW decoupled weight decay (default 0)")
+    p.add_argument("--max-grad-norm", type=float, help="clip the global gradient norm")
+    p.add_argument("--dtype", choices=("float32", "float64"), help="default float32")
+    p.add_argument("--n-train", type=int, help="use only the first N MNIST training images")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--out", default=None, help="run folder (default runs/<data>)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args):
+    from fm_numpy.train import train
+
+    out = args.out or os.path.join("runs", args.data)
+    settings = dict(data=args.data, steps=args.steps, batch=args.batch, lr=args.lr,
+                    hidden=args.hidden, depth=args.depth, time_features=args.time_features,
+                    scheduler=args.scheduler, seed=args.seed, ckpt_every=args.ckpt_every,
+                    label_dropout=args.label_dropout, weight_decay=args.weight_decay,
+                    max_grad_norm=args.max_grad_norm, dtype=args.dtype, n_train=args.n_train)
+    _, losses = train(out, resume=args.resume, progress=not args.no_progress, **settings)
+    if losses:
+        plot_loss(losses, os.path.join(out, "loss.png"))
+        print(f"trained to step {losses[-1][0]}, last loss {losses[-1][1]:.4f}; wrote "
+              f"{os.path.join(out, 'model.npz')} and loss.png")
+    return 0
+
+
+# ---------------------------------------------------------------------- sample
+def add_sample_parser(subparsers):
+    p = subparsers.add_parser("sample", help="integrate the learned field from noise to data")
+    p.add_argument("--model", required=True, help="model.npz written by train")
+    p.add_argument("--method", default="rk4", help="euler, midpoint, heun, rk4, RK45, DOP853")
+    p.add_argument("--steps", type=int, default=20, help="fixed-grid steps (default 20)")
+    p.add_argument("-n", type=int, default=10000, help="number of samples (default 10000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=float, default=1.0,
+                   help="classifier-free guidance w (1 = conditional; class models only)")
+    p.add_argument("--out", required=True, help="samples .npz (PNGs are written beside it)")
+    p.set_defaults(func=cmd_sample)
+
+
+def _run_config(model_path):
+    path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "config.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return {}
+
+
+def cmd_sample(args):
+    from fm_numpy.io import save_npz
+    from fm_numpy.mlp import MLP
+    from fm_numpy.solvers import ClassifierFreeGuidance, odeint
+
+    if args.n < 1 or args.steps < 1:
+        raise ValueError(f"-n and --steps must be positive, got {args.n} and {args.steps}")
+    model = MLP.from_npz(args.model)
+    run = _run_config(args.model)
+    rng = np.random.default_rng(args.seed)
+    x0 = rng.standard_normal((args.n, model.dim)).astype(model.dtype)  # (N, D)
+    labels = None
+    field = model
+    if model.num_classes:
+        labels = np.arange(args.n) % model.num_classes  # classes in turn
+        field = ClassifierFreeGuidance(model, labels, args.guidance)
+    t_grid = np.linspace(0.0, 1.0, args.steps + 1)
+    xs = odeint(field, x0, t_grid, method=args.method)  # (steps+1, N, D)
+    x1 = xs[-1]
+    stem = os.path.splitext(args.out)[0]
+    if model.dim == 784:
+        images = np.clip((x1.reshape(-1, 28, 28) + 1) / 2, 0, 1)  # [-1, 1] -> [0, 1]
+        save_npz(args.out, images=images, labels=labels if labels is not None else np.zeros(0))
+        if labels is not None:
+            plot_digit_grid(images, labels, stem + "_grid.png")
+        print(f"wrote {args.out} ({len(images)} images) and {stem}_grid.png")
+        return 0
+    save_npz(args.out, samples=x1)
+    if model.dim == 2:
+        from fm_numpy.data import TOY_DATASETS, sample_toy
+
+        name = run.get("data")
+        if name in TOY_DATASETS:
+            data = sample_toy(name, min(args.n, 5000), np.random.default_rng(args.seed + 1))
+            plot_samples_2d(x1, data, stem + "_samples.png")
+        plot_trajectories_2d(xs, stem + "_trajectories.png")
+        plot_field_2d(model, stem + "_field.png")
+        print(f"wrote {args.out} ({len(x1)} samples) and PNGs {stem}_*.png")
+    else:
+        print(f"wrote {args.out} ({len(x1)} samples)")
+    return 0
+
+
+# ---------------------------------------------------------------------- main
+SUBCOMMANDS = [add_train_parser, add_sample_parser]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, like every other error here
+        sys.stderr.write(f"{PROG}: error: {message}\n")
+        sys.exit(2)
+
+
+def build_parser():
+    parser = _Parser(prog=PROG, description="Flow matching in NumPy: train and sample.")
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from fm_numpy.train import TrainingDiverged
+
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        sys.stderr.write(f"{PROG}: error: {e}\n")
+        return 2
+    except TrainingDiverged as e:
+        sys.stderr.write(f"{PROG}: error: {e}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted; the last checkpoint is kept\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
