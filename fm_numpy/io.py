@@ -3,12 +3,16 @@
 Every output goes to a temporary file in the target folder, is flushed to disk and then
 renamed over the target, so a crash leaves either the old file or the new one, never a
 torn one. `.npz` files are read with allow_pickle=False.
+
+Test hook: FM_DUAL_SLOW_WRITE=<seconds> sleeps between writing the temporary file and
+renaming it, so tests/test_reliability_crash.py can kill a process inside that window.
 """
 
 import contextlib
 import json
 import os
 import tempfile
+import time
 import zipfile
 
 import numpy as np
@@ -27,6 +31,8 @@ def atomic_path(path):
     os.close(fd)
     try:
         yield tmp
+        if os.environ.get("FM_DUAL_SLOW_WRITE"):
+            time.sleep(float(os.environ["FM_DUAL_SLOW_WRITE"]))  # test hook, see the docstring
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

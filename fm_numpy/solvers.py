@@ -6,6 +6,8 @@ produce the same trajectory. Adaptive methods hand the flattened batch to
 `scipy.integrate.solve_ivp`.
 """
 
+import math
+
 import numpy as np
 from scipy.integrate import solve_ivp
 
@@ -88,6 +90,10 @@ def odeint(v, x0, t_grid, method="euler", return_nfe=False, rtol=1e-5, atol=1e-5
     """
     t_grid = _check_grid(t_grid)
     x0 = np.asarray(x0)
+    if not np.all(np.isfinite(x0)):
+        raise ValueError("x0 holds NaN or infinite values")
+    if not (rtol > 0 and atol > 0):
+        raise ValueError(f"rtol and atol must be positive, got {rtol} and {atol}")
     v = _Counted(v)
     if method in FIXED_METHODS:
         step = FIXED_METHODS[method]
@@ -127,6 +133,8 @@ class ClassifierFreeGuidance:
         self.model = model
         self.y = y
         self.guidance = float(guidance)
+        if not math.isfinite(self.guidance):
+            raise ValueError(f"guidance must be a finite number, got {guidance}")
 
     def __call__(self, x, t):
         w = self.guidance

@@ -149,7 +149,7 @@ SCHEDULERS = {
 
 def make_scheduler(name, **kwargs):
     """Build a scheduler from its name in SCHEDULERS (as the command lines spell it)."""
-    key = name.lower().replace("-", "_")
+    key = name.lower().replace("-", "_") if isinstance(name, str) else None
     if key not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
     return SCHEDULERS[key](**kwargs)
@@ -159,6 +159,20 @@ def check_t(t):
     """Reject times outside [0, 1] (NaN included) with one clear message."""
     if not bool(((t >= 0) & (t <= 1)).all()):
         raise ValueError(f"t must lie in [0, 1], got values from {t.min().item()} to {t.max().item()}")
+
+
+def check_finite(name, x):
+    """Reject tensors holding NaN or infinite values with one clear message."""
+    if not bool(torch.isfinite(torch.as_tensor(x)).all()):
+        raise ValueError(f"{name} holds NaN or infinite values")
+
+
+def check_same_shape(name_a, a, name_b, b):
+    """Reject two tensors of different shapes with one clear message."""
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
 
 
 def expand_t(c, x):
@@ -187,6 +201,9 @@ class AffinePath:
 
     def sample(self, x0, x1, t):
         """xt = alpha_t x1 + sigma_t x0 and ut = d_alpha_t x1 + d_sigma_t x0."""
+        check_same_shape("x0", x0, "x1", x1)
+        check_finite("x0", x0)
+        check_finite("x1", x1)
         alpha_t, sigma_t, d_alpha_t, d_sigma_t = self.coefficients(t, x1)
         xt = alpha_t * x1 + sigma_t * x0  # (B, ...)
         ut = d_alpha_t * x1 + d_sigma_t * x0  # (B, ...)

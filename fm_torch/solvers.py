@@ -5,6 +5,8 @@ same arithmetic order, so both packages produce the same trajectory. The adaptiv
 method is torchdiffeq's dopri5 (and dopri8).
 """
 
+import math
+
 import torch
 import torchdiffeq
 
@@ -89,6 +91,10 @@ def odeint(v, x0, t_grid, method="euler", return_nfe=False, rtol=1e-5, atol=1e-5
     Runs without autograd; call the step functions directly to differentiate through them.
     """
     t_grid = _check_grid(t_grid)
+    if not bool(torch.isfinite(x0).all()):
+        raise ValueError("x0 holds NaN or infinite values")
+    if not (rtol > 0 and atol > 0):
+        raise ValueError(f"rtol and atol must be positive, got {rtol} and {atol}")
     v = _Counted(v)
     if method in FIXED_METHODS:
         step = FIXED_METHODS[method]
@@ -121,6 +127,8 @@ class ClassifierFreeGuidance:
         self.model = model
         self.y = y
         self.guidance = float(guidance)
+        if not math.isfinite(self.guidance):
+            raise ValueError(f"guidance must be a finite number, got {guidance}")
 
     def __call__(self, x, t):
         w = self.guidance
