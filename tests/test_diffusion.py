@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fm_numpy.data import sample_toy
 from fm_numpy.diffusion import (
     DiffusionToFlow,
     FlowToDiffusion,
@@ -333,3 +334,151 @@ def test_ddim_of_the_oracle_reaches_the_gaussian():
     np.testing.assert_allclose(outs["x0"], outs["epsilon"], rtol=1e-9, atol=1e-9)
     x1 = outs["epsilon"]
     assert abs(x1.mean() - m) < 0.02 and abs(x1.std() - s) < 0.02
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+def test_euler_on_the_time_grid_is_ddim(prediction):
+    # x_fm + h (x1_hat - x0_hat) = t' x1_hat + (1 - t') x0_hat = x_dm' / s(t'): DDIM's update
+    rng = np.random.default_rng(8)
+    W = rng.standard_normal((2, 2))
+
+    def net(x, k, y=None):
+        return np.tanh(x @ W + np.asarray(k)[:, None] / 300) + 0.2 * x
+
+    v = DiffusionToFlow(net, SD, prediction)  # x0-prediction: see the next test
+    x_T = rng.standard_normal((32, 2))
+    for num_steps in (1, 5, 20):
+        grid = v.time_grid(num_steps)
+        xs = odeint(v, x_T / scale_from_flow_time(v.t_min), grid, "euler")
+        np.testing.assert_allclose(xs[-1], ddim_sample(net, x_T, SD, num_steps, prediction),
+                                   rtol=1e-10, atol=1e-10)
+
+
+def test_euler_on_the_time_grid_is_ddim_for_x0_prediction_until_the_last_step():
+    rng = np.random.default_rng(9)
+    oracle = GaussianOracle(SD, 0.5, 0.7, "x0")
+    v = DiffusionToFlow(oracle, SD, "x0")
+    x_T = rng.standard_normal((16, 2))
+    grid = v.time_grid(10)
+    xs = odeint(v, x_T / scale_from_flow_time(v.t_min), grid[:-1], "euler")  # up to step 0
+    # DDIM's last step maps x at step 0 to x1_hat = oracle output there
+    x_dm = xs[-1] * scale_from_flow_time(grid[-2])
+    np.testing.assert_allclose(oracle(x_dm, np.zeros(16)),
+                               ddim_sample(oracle, x_T, SD, 10, "x0"), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v", "x0"])
+def test_wrapper_backward_matches_finite_differences(prediction):
+    from fm_numpy.diffusion import TimestepModel
+    from fm_numpy.mlp import MLP
+
+    net = MLP(2, hidden=8, depth=2, time_features=4, seed=3, dtype=np.float64)
+    v = DiffusionToFlow(TimestepModel(net), SD, prediction)
+    rng = np.random.default_rng(10)
+    x, R = rng.standard_normal((2, 5, 2))
+    t = rng.uniform(0.05, 0.95, 5)
+
+    def loss():
+        return float(np.sum(v(x, t) * R))
+
+    loss()
+    grads = {k: g.copy() for k, g in v.backward(R).items()}
+    for name in ("W0", "b1", "W2"):
+        p = net.params[name].reshape(-1)
+        for j in rng.choice(p.size, 3, replace=False):
+            old = p[j]
+            p[j] = old + 1e-6
+            up = loss()
+            p[j] = old - 1e-6
+            down = loss()
+            p[j] = old
+            assert grads[name].reshape(-1)[j] == pytest.approx((up - down) / 2e-6, rel=1e-5,
+                                                               abs=1e-7)
+
+
+# --------------------- a toy DDPM, sampled by DDIM and by the flow ODE ---------------------
+# Stable Diffusion's scaled-linear schedule (t_min = 0.064): with DDPM's linear one
+# (t_min = 0.0063) the epsilon -> velocity conversion divides network errors by t down to
+# 0.0063, and uniform flow-time grids spend their first step there (docs/diffusion.md).
+
+TOY = "moons"
+
+
+@pytest.fixture(scope="module")
+def toy_ddpm():
+    from fm_numpy.diffusion import TimestepModel, ddpm_loss
+    from fm_numpy.mlp import MLP
+    from fm_numpy.optim import Adam
+
+    net = MLP(2, hidden=64, depth=3, time_features=32, seed=0, dtype=np.float32)
+    model = TimestepModel(net)
+    opt = Adam(net.params, lr=2e-3)
+    rng = np.random.default_rng(0)
+    for _ in range(1000):
+        x1 = sample_toy(TOY, 256, rng, dtype=np.float32)
+        x0 = rng.standard_normal(x1.shape).astype(np.float32)
+        k = rng.integers(0, N, 256)
+        _, d_out = ddpm_loss(model, x0, x1, k, SD)
+        opt.step(net.backward(d_out))
+    return net, model
+
+
+@pytest.mark.slow
+def test_flow_ode_of_a_trained_ddpm_matches_ddim_at_equal_nfe(toy_ddpm):
+    from fm_numpy.metrics import energy_distance
+
+    _, model = toy_ddpm
+    nfe = 20
+    x_T = np.random.default_rng(11).standard_normal((1000, 2)).astype(np.float32)
+    data = sample_toy(TOY, 1000, 12)
+    v = DiffusionToFlow(model, SD, "epsilon")
+    x_start = (x_T / scale_from_flow_time(v.t_min)).astype(np.float32)
+    ed_ddim = energy_distance(ddim_sample(model, x_T, SD, nfe), data)
+    ed_rk4 = energy_distance(
+        odeint(v, x_start, np.linspace(v.t_min, 1, nfe // 4 + 1), "rk4")[-1], data)
+    ed_mid = energy_distance(
+        odeint(v, x_start, np.linspace(v.t_min, 1, nfe // 2 + 1), "midpoint")[-1], data)
+    ed_floor = energy_distance(sample_toy(TOY, 1000, 14), data)
+    print(f"\nenergy distance at {nfe} NFE: DDIM {ed_ddim:.4f}, flow rk4 {ed_rk4:.4f}, "
+          f"flow midpoint {ed_mid:.4f}; fresh data {ed_floor:.4f}")
+    assert ed_ddim < 0.03  # the DDPM learned the data (N(0, I) noise itself scores 0.066)
+    assert ed_rk4 <= ed_ddim + 0.01 and ed_mid <= ed_ddim + 0.01
+
+
+@pytest.mark.slow
+def test_flow_matching_fine_tune_of_a_ddpm_starts_low(toy_ddpm):
+    from fm_numpy.diffusion import TimestepModel
+    from fm_numpy.mlp import MLP
+    from fm_numpy.optim import Adam
+    from fm_numpy.paths import AffinePath
+
+    net, model = toy_ddpm
+    path = AffinePath()
+    v = DiffusionToFlow(model, SD, "epsilon")
+
+    def batch(seed, n):
+        rng = np.random.default_rng(seed)
+        x1 = sample_toy(TOY, n, rng, dtype=np.float32)
+        x0 = rng.standard_normal(x1.shape).astype(np.float32)
+        t = rng.uniform(v.t_min, v.t_max, n)  # flow times with a diffusion counterpart
+        xt, ut = path.sample(x0, x1, t.astype(np.float32))
+        return xt, ut, t
+
+    xt, ut, t = batch(13, 4096)
+    fm_loss = lambda field: float(np.mean((field(xt, t) - ut) ** 2))  # noqa: E731
+    fresh = MLP(2, hidden=64, depth=3, time_features=32, seed=1, dtype=np.float32)
+    loss_diff2flow = fm_loss(v)
+    loss_scratch = fm_loss(lambda x, t: fresh(x, t))
+    loss_scratch_wrapped = fm_loss(DiffusionToFlow(TimestepModel(fresh), SD, "epsilon"))
+    print(f"\ninitial FM loss: DDPM wrapped {loss_diff2flow:.4f}, fresh velocity MLP "
+          f"{loss_scratch:.4f}, fresh wrapped epsilon-MLP {loss_scratch_wrapped:.4f}")
+    assert loss_diff2flow < 0.8 * loss_scratch and loss_diff2flow < 0.2 * loss_scratch_wrapped
+    # a few Diff2Flow steps: the FM loss through the wrapper, backpropagated by hand
+    opt = Adam(net.params, lr=5e-4)
+    for step in range(100):
+        xb, ub, tb = batch(100 + step, 256)
+        dv = 2 * (v(xb, tb) - ub) / ub.size
+        opt.step(v.backward(dv))
+    loss_after = fm_loss(v)
+    print(f"after 100 fine-tune steps: {loss_after:.4f}")
+    assert loss_after < loss_diff2flow
