@@ -131,7 +131,10 @@ def plot(times, path):
 
 
 def main(quick=False, out_dir=None):
-    """Run the benchmark (quick: fewer repetitions), print the table, write the PNG; return medians."""
+    """Run the benchmark (quick: fewer repetitions), print the table, write the PNG.
+
+    Returns the median seconds per step of each implementation.
+    """
     threads = _blas_threads()
     reps, steps = (6, 10) if quick else (30, 20)
     times = run(reps, steps, threads)

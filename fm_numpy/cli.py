@@ -81,7 +81,7 @@ def plot_field_2d(model, path, times=(0.0, 0.25, 0.5, 0.75, 1.0), lim=3.0, n=21)
     gx, gy = np.meshgrid(g, g)
     grid = np.stack([gx.ravel(), gy.ravel()], axis=1)  # (n^2, 2)
     fig, axes = plt.subplots(1, len(times), figsize=(3 * len(times), 3))
-    for ax, t in zip(axes, times):
+    for ax, t in zip(axes, times, strict=True):
         v = model(grid, t)  # (n^2, 2)
         ax.quiver(grid[:, 0], grid[:, 1], v[:, 0], v[:, 1], np.hypot(v[:, 0], v[:, 1]))
         ax.set_title(f"v(x, t={t:g})")

@@ -230,7 +230,7 @@ class MLP:
     def _silu_slopes(self, buf):
         """silu'(a_i) = s + h - h s for every hidden layer of the cached forward pass."""
         slopes = []
-        for s, h in zip(buf.s, buf.h):
+        for s, h in zip(buf.s, buf.h, strict=True):
             slope = h * s
             np.subtract(h, slope, out=slope)
             slope += s
@@ -282,7 +282,7 @@ class MLP:
 
     # ------------------------------------------------------------------ files
     def save_npz(self, path):
-        """Write the parameters and the constructor arguments ("config", JSON) to .npz atomically."""
+        """Write the parameters and the constructor arguments ("config", JSON) atomically."""
         save_npz(path, config=np.array(json.dumps(self.config)), **self.params)
 
     def load_npz(self, path):
@@ -302,7 +302,7 @@ class MLP:
 
     @classmethod
     def from_npz(cls, path, dtype=None):
-        """Build the MLP an .npz file describes and load its weights (dtype overrides the file's)."""
+        """Build the MLP an .npz file describes, with its weights (dtype overrides the file's)."""
         config = _read_config(load_npz(path), path)
         if dtype is not None:
             config["dtype"] = _config_dtype(dtype)

@@ -51,7 +51,7 @@ class MLP(nn.Module):
         return ", ".join(f"{k}={v!r}" for k, v in self.config.items())
 
     def forward(self, x, t, y=None):
-        """v = MLP(x, t, y) for x (B, dim), t scalar or (B,), y None or ints (B,) (num_classes = null)."""
+        """v = MLP(x, t, y): x (B, dim), t scalar or (B,), y None or ints (B,) (C = null class)."""
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape (B, {self.dim}), got {tuple(x.shape)}")
         B = x.shape[0]
@@ -102,7 +102,7 @@ class MLP(nn.Module):
 
     @classmethod
     def from_npz(cls, path, dtype=None):
-        """Build the MLP an .npz file describes and load its weights (dtype overrides the file's)."""
+        """Build the MLP an .npz file describes, with its weights (dtype overrides the file's)."""
         config = _read_config(load_npz(path), path)
         if dtype is not None:
             config["dtype"] = _dtype_name(dtype)
