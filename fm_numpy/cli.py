@@ -217,7 +217,9 @@ def cmd_sample(args):
 
 
 # ---------------------------------------------------------------------- main
-SUBCOMMANDS = [add_train_parser, add_sample_parser]
+from fm_numpy.cli_likelihood import add_likelihood_parser  # noqa: E402  (H3's subcommand)
+
+SUBCOMMANDS = [add_train_parser, add_sample_parser, add_likelihood_parser]
 
 
 class _Parser(argparse.ArgumentParser):
