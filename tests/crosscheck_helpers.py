@@ -106,3 +106,27 @@ def coefficients64(sched_np, t, x):
     """(alpha_t, sigma_t, d_alpha_t, d_sigma_t) in float64, broadcastable against x."""
     with np.errstate(divide="ignore", invalid="ignore"):
         return np_paths.AffinePath(sched_np).coefficients(t, np.asarray(x, dtype=np.float64))
+
+
+class GaussianOracle:
+    """Marginal velocity of CondOT for data N(m, s^2) per coordinate (REFERENCES.md):
+
+        u_t(x) = m + (t s^2 - (1 - t)) / (t^2 s^2 + (1 - t)^2) (x - t m).
+
+    Written once for both frameworks with +, -, *, / only (correctly rounded in both), so
+    numpy and torch evaluate it bit for bit alike. Its flow from x0 ~ N(0, 1) is
+    x_t = t m + sqrt(t^2 s^2 + (1 - t)^2) x0.
+    """
+
+    def __init__(self, m, s):
+        self.m, self.s2 = m, s * s  # (...,) the non-batch shape
+
+    def __call__(self, x, t):
+        c = (t * self.s2 - (1 - t)) / (t * t * self.s2 + (1 - t) * (1 - t))
+        return self.m + c * (x - t * self.m)
+
+    def flow(self, x, t_from, t_to):
+        """The exact solution: x at t_to starting from x at t_from."""
+        std_from = np.sqrt(t_from**2 * self.s2 + (1 - t_from) ** 2)
+        std_to = np.sqrt(t_to**2 * self.s2 + (1 - t_to) ** 2)
+        return t_to * self.m + std_to / std_from * (x - t_from * self.m)

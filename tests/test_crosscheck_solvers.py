@@ -16,7 +16,7 @@ Properties (tolerances and their reasons: docs/crosscheck.md):
 import numpy as np
 import pytest
 import torch
-from crosscheck_helpers import RTOL, TORCH_DTYPE, assert_close, seeds, shapes
+from crosscheck_helpers import RTOL, TORCH_DTYPE, GaussianOracle, assert_close, seeds, shapes
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -27,30 +27,6 @@ from fm_torch.models.mlp import MLP as TorchMLP
 
 METHODS = ("euler", "midpoint", "heun", "rk4")
 DTYPES = [np.float64, np.float32]
-
-
-class GaussianOracle:
-    """Marginal velocity of CondOT for data N(m, s^2) per coordinate (REFERENCES.md):
-
-        u_t(x) = m + (t s^2 - (1 - t)) / (t^2 s^2 + (1 - t)^2) (x - t m).
-
-    Written once for both frameworks with +, -, *, / only (correctly rounded in both), so
-    numpy and torch evaluate it bit for bit alike. Its flow from x0 ~ N(0, 1) is
-    x_t = t m + sqrt(t^2 s^2 + (1 - t)^2) x0.
-    """
-
-    def __init__(self, m, s):
-        self.m, self.s2 = m, s * s  # (...,) the non-batch shape
-
-    def __call__(self, x, t):
-        c = (t * self.s2 - (1 - t)) / (t * t * self.s2 + (1 - t) * (1 - t))
-        return self.m + c * (x - t * self.m)
-
-    def flow(self, x, t_from, t_to):
-        """The exact solution: x at t_to starting from x at t_from."""
-        std_from = np.sqrt(t_from**2 * self.s2 + (1 - t_from) ** 2)
-        std_to = np.sqrt(t_to**2 * self.s2 + (1 - t_to) ** 2)
-        return t_to * self.m + std_to / std_from * (x - t_from * self.m)
 
 
 def _oracle_pair(shape, rng, dtype):
