@@ -43,7 +43,7 @@ def load_velocity_model(path, ema=True, device="cpu", dtype=torch.float64):
     if str(path).endswith(".npz"):
         from .models.mlp import MLP
 
-        model = MLP.from_npz(path)
+        model = MLP.from_npz(path, dtype=dtype)  # time frequencies computed in dtype
     else:
         from .train import load_model
 

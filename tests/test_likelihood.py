@@ -279,3 +279,103 @@ def test_bad_arguments_raise_clear_errors():
         log_likelihood(field, np.zeros(2))
     with pytest.raises(ValueError, match="divergence"):
         tl.log_likelihood(field, torch.zeros(2, 2), divergence="trace")
+
+
+def test_likelihood_command_line_numpy_and_torch(tmp_path, capsys):
+    """`fm-numpy likelihood` reports the mean of log_likelihood on its seeded test points,
+    `fm-torch`'s helper the same number; bad input exits 2 with one line."""
+    import argparse
+    import json
+
+    from fm_numpy.cli import main
+    from fm_numpy.cli_likelihood import held_out_data
+    from fm_torch.cli_likelihood import add_likelihood_parser
+
+    mlp = MLP(2, hidden=16, depth=2, seed=25)
+    path = tmp_path / "model.npz"
+    mlp.save_npz(path)
+    argv = [
+        "likelihood",
+        "--model",
+        str(path),
+        "--data",
+        "8gaussians",
+        "-n",
+        "30",
+        "--steps",
+        "5",
+        "--batch",
+        "16",
+        "--seed",
+        "3",
+        "--no-progress",
+    ]
+    assert main(argv + ["--out", str(tmp_path / "np.json")]) == 0
+    result = json.loads((tmp_path / "np.json").read_text())
+    x1, _ = held_out_data("8gaussians", 30, 3)
+    model64 = MLP.from_npz(path, dtype=np.float64)
+    expected = np.concatenate(
+        [log_likelihood(model64, x1[:16], steps=5), log_likelihood(model64, x1[16:], steps=5)]
+    )
+    assert result["n"] == 30
+    np.testing.assert_allclose(result["mean_log_likelihood"], expected.mean(), rtol=1e-12)
+    assert "true_mean_log_density" in result
+
+    parser = argparse.ArgumentParser()
+    add_likelihood_parser(parser.add_subparsers())
+    args = parser.parse_args(argv + ["--out", str(tmp_path / "torch.json")])
+    assert args.func(args) == 0
+    result_t = json.loads((tmp_path / "torch.json").read_text())
+    np.testing.assert_allclose(
+        result_t["mean_log_likelihood"], result["mean_log_likelihood"], rtol=1e-10
+    )
+
+    capsys.readouterr()
+    assert main(["likelihood", "--model", str(tmp_path / "missing.npz")]) == 2
+    assert main(argv + ["-n", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("fm-numpy: error: no such file")
+    assert err[1] == "fm-numpy: error: -n must be positive, got 0"
+
+
+def _relative_velocity_errors(model, oracle, t_eval, n, seed):
+    rng = np.random.default_rng(seed)
+    errors = []
+    for t in t_eval:
+        x1, _ = oracle.sample(n, rng)
+        alpha_t, sigma_t = (float(c) for c in oracle.scheduler(t)[:2])
+        xt = alpha_t * x1 + sigma_t * rng.standard_normal(x1.shape)  # xt ~ p_t
+        u = oracle(xt, t)
+        errors.append(np.sqrt(np.sum((model(xt, t) - u) ** 2) / np.sum(u**2)))
+    return np.array(errors)
+
+
+@pytest.mark.slow
+def test_trained_mlp_is_close_to_the_oracle(tmp_path):
+    """A small MLP trained on 8gaussians learns the oracle's field and likelihood, roughly.
+
+    Loose bounds for a 500-step model (benchmarks/bench_oracle.py measures longer runs):
+    mean relative L2 error of v against u_t over t below 0.5 (the untrained network: ~1),
+    and its mean log-likelihood of test points within 2.5 nats of the true mean
+    log-density and better than the untrained network's by over 1 nat.
+    """
+    from fm_numpy.analytic import eight_gaussians_mixture
+    from fm_numpy.train import train
+
+    oracle = eight_gaussians_mixture()
+    train(
+        tmp_path, progress=False, data="8gaussians", steps=500, batch=256, hidden=64, ckpt_every=500
+    )
+    model = MLP.from_npz(tmp_path / "model.npz", dtype=np.float64)
+    untrained = MLP(2, hidden=64, depth=3, dtype=np.float64)
+    t_eval = (0.1, 0.3, 0.5, 0.7, 0.9)
+    err = _relative_velocity_errors(model, oracle, t_eval, 2000, 26).mean()
+    err_untrained = _relative_velocity_errors(untrained, oracle, t_eval, 2000, 26).mean()
+    assert err < 0.5 and err_untrained > 0.8, (err, err_untrained)
+
+    x1, _ = oracle.sample(100, 27)
+    lp_true = oracle.log_prob(x1).mean()
+    lp_model = log_likelihood(model, x1, steps=40).mean()
+    lp_untrained = log_likelihood(untrained, x1, steps=40).mean()
+    assert abs(lp_model - lp_true) < 2.5, (lp_model, lp_true)
+    assert lp_model > lp_untrained + 1.0, (lp_model, lp_untrained)
