@@ -184,7 +184,9 @@ def _plot_trajectories_2d(xs, path, n_paths=300):
 
 
 # ---------------------------------------------------------------------- main
-SUBCOMMANDS = [add_train_parser, add_sample_parser]
+from fm_torch.cli_likelihood import add_likelihood_parser  # noqa: E402  (H3's subcommand)
+
+SUBCOMMANDS = [add_train_parser, add_sample_parser, add_likelihood_parser]
 
 
 class _Parser(argparse.ArgumentParser):
