@@ -185,8 +185,9 @@ def _plot_trajectories_2d(xs, path, n_paths=300):
 
 # ---------------------------------------------------------------------- main
 from fm_torch.cli_likelihood import add_likelihood_parser  # noqa: E402  (H3's subcommand)
+from fm_torch.evaluate import add_evaluate_parser  # noqa: E402  (H6's subcommand)
 
-SUBCOMMANDS = [add_train_parser, add_sample_parser, add_likelihood_parser]
+SUBCOMMANDS = [add_train_parser, add_sample_parser, add_likelihood_parser, add_evaluate_parser]
 
 
 class _Parser(argparse.ArgumentParser):
