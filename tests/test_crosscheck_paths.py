@@ -55,9 +55,11 @@ def test_sample_agrees_across_packages(dtype, sched, shape, seed, data):
         torch.from_numpy(x0), torch.from_numpy(x1), to_torch(t)
     )
     alpha_t, sigma_t, d_alpha_t, d_sigma_t = coefficients64(s_np, t, x0)
-    # alpha_t, sigma_t lie in [0, 1]: each is computed with an absolute error of a few eps.
+    # alpha_t, sigma_t lie in [0, 1] and carry an absolute error of a few eps (1 - t^n
+    # cancels near t = 1); d_alpha_t, d_sigma_t are products and quotients of accurate
+    # factors, so a relative error of a few ulps.
     scale_x = np.abs(x1) + np.abs(x0)
-    scale_u = (np.abs(d_alpha_t) + 1) * np.abs(x1) + (np.abs(d_sigma_t) + 1) * np.abs(x0)
+    scale_u = np.abs(d_alpha_t) * np.abs(x1) + np.abs(d_sigma_t) * np.abs(x0)
     assert_close(xt_np, xt_th, scale_x, RTOL[dtype], "xt")
     assert_close(ut_np, ut_th, scale_u, RTOL[dtype], "ut")
 
