@@ -365,8 +365,9 @@ def evaluate_checkpoint(path, n=1000, guidance=1.0, method="midpoint", steps=20,
                         progress=True, classifier=None, info=None, reference=None):
     """Sample n images from an fm-torch MNIST checkpoint and judge them (see mnist_metrics).
 
-    Adds "nfe" (velocity evaluations per sample; a guided step costs two model calls
-    unless w is 0 or 1), "sample_seconds", and the sampling settings to the dict.
+    Adds "nfe" (evaluations of the guided velocity field along one trajectory),
+    "model_calls" (network evaluations: 2 per NFE when w is neither 0 nor 1, since
+    guidance needs v_cond and v_uncond), "sample_seconds", and the sampling settings.
     """
     from fm_torch.train import load_model
 
@@ -384,6 +385,7 @@ def evaluate_checkpoint(path, n=1000, guidance=1.0, method="midpoint", steps=20,
     metrics.update({
         "checkpoint": os.fspath(path), "train_step": int(checkpoint["step"]),
         "guidance": float(guidance), "method": method, "steps": int(steps), "nfe": nfe,
+        "model_calls": nfe * (1 if float(guidance) in (0.0, 1.0) else 2),
         "sample_seconds": seconds, "seed": int(seed), "ema": bool(ema),
     })
     return metrics

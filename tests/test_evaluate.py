@@ -149,3 +149,44 @@ def test_bad_images_are_value_errors(tiny_judge, mnist_small):
         ev.mnist_metrics(np.zeros((10, 784)), classifier=model, reference=mnist_small)
     with pytest.raises(ValueError, match="non-finite"):
         ev.mnist_metrics(np.full((10, 28, 28), np.nan), classifier=model, reference=mnist_small)
+
+
+@pytest.fixture(scope="module")
+def tiny_unet_ckpt(tmp_path_factory):
+    from fm_torch.train import train
+
+    out = tmp_path_factory.mktemp("unet-run")
+    train(out, progress=False, device="cpu", data="mnist", steps=2, batch=8, base=8,
+          mults=[1, 2], n_train=64, ckpt_every=2, sample_every=1000)
+    return out / "ckpt.pt"
+
+
+def test_evaluate_cli_writes_json(tiny_judge, mnist_small, tiny_unet_ckpt, tmp_path, monkeypatch):
+    import json
+
+    from fm_torch.cli import main
+
+    model, info, _ = tiny_judge
+    monkeypatch.setattr(ev, "load_or_train_classifier", lambda **k: (model, info))
+    import fm_numpy.data
+
+    splits = {"train": mnist_small[0], "test": mnist_small[1]}
+    monkeypatch.setattr(fm_numpy.data, "load_mnist", lambda split, **k: splits[split])
+    out = tmp_path / "metrics.json"
+    rc = main(["evaluate", "--model", str(tiny_unet_ckpt), "--n", "20", "--steps", "2",
+               "--method", "euler", "--guidance", "2", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["n"] == 20 and metrics["nfe"] == 2  # 2 Euler steps
+    assert metrics["model_calls"] == 4  # w = 2 needs v_cond and v_uncond
+    assert metrics["fd"] > metrics["fd_floor"] >= 0  # an untrained U-Net is far from data
+    assert 0 <= metrics["class_accuracy"] <= 1 and metrics["train_step"] == 2
+
+
+def test_evaluate_cli_errors(tmp_path, capsys):
+    from fm_torch.cli import main
+
+    assert main(["evaluate", "--model", str(tmp_path / "none.pt")]) == 2
+    assert "no such checkpoint" in capsys.readouterr().err
+    assert main(["evaluate", "--model", "x.pt", "--n", "1"]) == 2
+    assert "--n must be >= 2" in capsys.readouterr().err
