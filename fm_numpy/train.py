@@ -14,7 +14,10 @@ weights an uninterrupted run reaches.
 
 import csv
 import json
+import math
 import os
+import signal
+import threading
 
 import numpy as np
 
@@ -23,7 +26,8 @@ from fm_numpy.mlp import MLP
 from fm_numpy.optim import Adam
 from fm_numpy.paths import AffinePath, make_scheduler
 
-__all__ = ["DEFAULTS", "MNIST_DEFAULTS", "TrainingDiverged", "train", "resolve_config"]
+__all__ = ["DEFAULTS", "MNIST_DEFAULTS", "TrainingDiverged", "TrainingInterrupted",
+           "DeferredSigint", "train", "resolve_config"]
 
 DEFAULTS = {
     "data": "8gaussians", "steps": 6000, "batch": 512, "lr": 2e-3, "hidden": 256, "depth": 3,
@@ -41,6 +45,33 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT (Ctrl-C) stopped training after a whole step, and a checkpoint of it was written."""
+
+
+class DeferredSigint:
+    """Context manager: the first SIGINT only sets `.requested`, checked between steps, so a
+    checkpoint is never taken halfway through an optimizer update; a second SIGINT raises
+    KeyboardInterrupt at once. Outside the main thread it does nothing (signals go there)."""
+
+    def __enter__(self):
+        self.requested = False
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+
 def resolve_config(**overrides):
     """Defaults (MNIST's for data="mnist"), then the given non-None overrides; validated."""
     data = overrides.get("data") or DEFAULTS["data"]
@@ -51,13 +82,37 @@ def resolve_config(**overrides):
     unknown = set(config) - set(DEFAULTS)
     if unknown:
         raise ValueError(f"unknown training settings: {', '.join(sorted(unknown))}")
-    for key in ("steps", "batch", "hidden", "depth", "ckpt_every"):
-        if int(config[key]) != config[key] or config[key] < 1:
-            raise ValueError(f"{key} must be a positive integer, got {config[key]}")
-    if not config["lr"] > 0:
-        raise ValueError(f"lr must be positive, got {config['lr']}")
+    for key in ("steps", "batch", "hidden", "depth", "ckpt_every", "time_features", "n_train"):
+        value = config[key]
+        if key == "n_train" and value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or (
+                not math.isfinite(value) or int(value) != value or value < 1):
+            raise ValueError(f"{key} must be a positive integer, got {value!r}")
+    if config["time_features"] % 2:
+        raise ValueError(f"time_features must be even, got {config['time_features']}")
+    if not (isinstance(config["seed"], (int, np.integer)) and config["seed"] >= 0):
+        raise ValueError(f"seed must be a non-negative integer, got {config['seed']!r}")
+    def real(value):
+        return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+
+    if not (real(config["lr"]) and 0 < config["lr"] < math.inf):
+        raise ValueError(f"lr must be a positive finite number, got {config['lr']!r}")
+    if not (real(config["weight_decay"]) and 0 <= config["weight_decay"] < math.inf):
+        raise ValueError(f"weight_decay must be a finite number >= 0, "
+                         f"got {config['weight_decay']!r}")
+    mgn = config["max_grad_norm"]
+    if mgn is not None and not (real(mgn) and 0 < mgn < math.inf):
+        raise ValueError(f"max_grad_norm must be positive, got {mgn!r}")
+    if config["dtype"] not in ("float32", "float64"):
+        raise ValueError(f"dtype must be float32 or float64, got {config['dtype']!r}")
     if not 0 <= config["label_dropout"] < 1:
         raise ValueError(f"label_dropout must lie in [0, 1), got {config['label_dropout']}")
+    from fm_numpy.data import TOY_DATASETS
+
+    if config["data"] != "mnist" and config["data"] not in TOY_DATASETS:
+        raise ValueError(f"unknown data set {config['data']!r}; choose mnist or one of "
+                         f"{', '.join(TOY_DATASETS)}")
     make_scheduler(config["scheduler"])  # raises ValueError for an unknown name
     return config
 
@@ -108,7 +163,10 @@ def _read_losses(path, up_to_step):
     if not os.path.exists(path):
         return []
     with open(path, newline="") as f:
-        rows = list(csv.reader(f))[1:]
+        lines = f.read().splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines = lines[:-1]  # a row torn by a crash in the middle of an append
+    rows = list(csv.reader(lines))[1:]
     return [(int(s), float(v)) for s, v in rows if int(s) <= up_to_step]
 
 
@@ -166,6 +224,7 @@ def train(out, resume=False, progress=True, **settings):
     last_good = step
     bar = tqdm(total=config["steps"], initial=step, disable=not progress, desc="train",
                mininterval=0.5, dynamic_ncols=True)
+    sigint = DeferredSigint().__enter__()
     try:
         while step < config["steps"]:
             x1, y = data.draw(rng, B)  # (B, D), (B,) or None
@@ -190,13 +249,21 @@ def train(out, resume=False, progress=True, **settings):
                 bar.set_postfix(loss=f"{np.mean([v for _, v in pending[-100:]]):.4f}",
                                 refresh=False)
             bar.update(1)
-            if step % config["ckpt_every"] == 0 or step == config["steps"]:
+            if step % config["ckpt_every"] == 0 or step == config["steps"] or sigint.requested:
+                if not all(np.all(np.isfinite(p)) for p in model.params.values()):
+                    raise TrainingDiverged(
+                        f"weights became NaN or infinite at step {step}; stopped, the last good "
+                        f"checkpoint (step {last_good}) is kept in {out}")
                 _write_losses(loss_path, pending, append=True)
                 losses.extend(pending)
                 pending = []
                 _save_checkpoint(out, ckpt_path, config, model, opt, rng, step)
                 last_good = step
+            if sigint.requested:
+                raise TrainingInterrupted(
+                    f"interrupted at step {step}; checkpoint saved in {out}, resume to continue")
     finally:
+        sigint.__exit__(None, None, None)
         bar.close()
     return model, losses
 
