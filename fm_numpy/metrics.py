@@ -91,3 +91,23 @@ def sliced_wasserstein(a, b, n_projections=128, rng=None):
     w = [_wasserstein_1d(a @ theta[:, p0:p0 + per_block], b @ theta[:, p0:p0 + per_block])
          for p0 in range(0, theta.shape[1], per_block)]
     return float(np.mean(np.concatenate(w)))
+
+
+# Appended by H6 (evaluation): the noise floor every distance above should be read against.
+__all__ += ["noise_floor"]
+
+
+def noise_floor(metric, sample, n, repeats=5, rng=None):
+    """The metric between two fresh data sets of the same size: what a perfect model scores.
+
+    Draws `repeats` independent pairs a, b = sample(n, rng), sample(n, rng) (sample is a
+    callable (n, rng) -> (n, D) array, e.g. lambda n, r: fm_numpy.data.sample_toy("moons",
+    n, r)) and returns (mean, std) of metric(a, b) over the pairs. A generated set of n
+    points is indistinguishable from the data, at that n, when its score lies within this.
+    """
+    if int(n) < 2 or int(repeats) < 1:
+        raise ValueError(f"need n >= 2 and repeats >= 1, got n={n}, repeats={repeats}")
+    rng = np.random.default_rng(rng)
+    values = np.array([metric(sample(int(n), rng), sample(int(n), rng))
+                       for _ in range(int(repeats))])
+    return float(values.mean()), float(values.std(ddof=1) if len(values) > 1 else 0.0)

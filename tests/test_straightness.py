@@ -92,3 +92,30 @@ def test_bad_input_is_a_value_error():
         straightness_of_path(np.zeros((3, 2, 2)), np.linspace(0, 1, 4))
     with pytest.raises(ValueError, match="non-finite"):
         straightness_of_path(np.full((2, 2, 2), np.nan), np.linspace(0, 1, 2))
+
+
+def test_noise_floor_matches_closed_form():
+    """|mean(a) - mean(b)|^2 for two draws of n standard normal points in D dimensions has
+    expectation 2 D / n and standard deviation 2 sqrt(2 D) / n (a scaled chi-square)."""
+    from fm_numpy.metrics import noise_floor
+
+    n, D, repeats = 50, 3, 2000
+    mean, std = noise_floor(lambda a, b: float(np.sum((a.mean(0) - b.mean(0)) ** 2)),
+                            lambda n, rng: rng.standard_normal((n, D)), n, repeats, rng=0)
+    assert mean == pytest.approx(2 * D / n, rel=0.05)
+    assert std == pytest.approx(2 * np.sqrt(2 * D) / n, rel=0.1)
+
+
+def test_noise_floor_of_energy_distance_and_bad_input():
+    from fm_numpy.data import sample_toy
+    from fm_numpy.metrics import energy_distance, noise_floor
+
+    def moons(n, rng):
+        return sample_toy("moons", n, rng)
+
+    mean, std = noise_floor(energy_distance, moons, 400, repeats=3, rng=1)
+    assert 0 < mean < 0.05 and std >= 0
+    shifted = energy_distance(moons(400, 2), moons(400, 3) + 0.5)
+    assert shifted > mean + 10 * std  # a visible error stands well above the floor
+    with pytest.raises(ValueError, match="n >= 2"):
+        noise_floor(energy_distance, moons, 1)
