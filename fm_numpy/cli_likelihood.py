@@ -86,19 +86,27 @@ def true_log_density(name, x1):
     return eight_gaussians_mixture().log_prob(x1)
 
 
+def _mean_and_stderr(values):
+    values = np.asarray(values, dtype=np.float64)
+    se = float(np.std(values) / math.sqrt(len(values))) if len(values) > 1 else None
+    return float(np.mean(values)), se
+
+
+def _pm(se):
+    return f" +- {se:.4f}" if se is not None else ""
+
+
 def summarise(name, log_p, true_lp=None):
-    """Mean and standard error of log p (and bpd for mnist) as a dict, printed one per line."""
+    """Mean and standard error (None for one point) of log p, and of bpd for mnist, as a
+    dict; printed one per line."""
     n = len(log_p)
-    se = float(np.std(log_p) / math.sqrt(n)) if n > 1 else float("nan")
-    result = {"data": name, "n": n, "mean_log_likelihood": float(np.mean(log_p)),
-              "stderr_log_likelihood": se}
-    print(f"mean log-likelihood: {result['mean_log_likelihood']:.4f} +- {se:.4f} (n = {n})")
+    mean, se = _mean_and_stderr(log_p)
+    result = {"data": name, "n": n, "mean_log_likelihood": mean, "stderr_log_likelihood": se}
+    print(f"mean log-likelihood: {mean:.4f}{_pm(se)} (n = {n})")
     if name == "mnist":
-        bpd = bits_per_dim(np.asarray(log_p), 784)
-        result["bits_per_dim"] = float(np.mean(bpd))
-        result["stderr_bits_per_dim"] = float(np.std(bpd) / math.sqrt(n)) if n > 1 else float("nan")
-        print(f"bits per dim:        {result['bits_per_dim']:.4f} +- "
-              f"{result['stderr_bits_per_dim']:.4f} (uniform dequantisation, 8-bit)")
+        mean, se = _mean_and_stderr(bits_per_dim(np.asarray(log_p), 784))
+        result["bits_per_dim"], result["stderr_bits_per_dim"] = mean, se
+        print(f"bits per dim:        {mean:.4f}{_pm(se)} (uniform dequantisation, 8-bit)")
     if true_lp is not None:
         result["true_mean_log_density"] = float(np.mean(true_lp))
         result["mean_abs_error"] = float(np.mean(np.abs(np.asarray(log_p) - true_lp)))
