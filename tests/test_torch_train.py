@@ -1,0 +1,115 @@
+"""fm_torch's training loop: learning, exact resume, divergence, checkpoints, sampling."""
+
+import csv
+
+import pytest
+import torch
+
+from fm_torch.io import load_checkpoint, save_checkpoint
+from fm_torch.train import TrainingDiverged, load_model, resolve_config, sample, train
+
+TOY = dict(data="8gaussians", hidden=32, depth=2, batch=128, lr=1e-2, toy_pool=4096)
+TINY_UNET = dict(data="mnist", base=8, mults=[1, 2], batch=8, n_train=64, lr=2e-3)
+
+
+def _losses(out):
+    with open(out / "loss.csv") as f:
+        return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
+
+
+def test_toy_training_reduces_the_loss(tmp_path):
+    _, losses = train(tmp_path, progress=False, steps=150, ckpt_every=150, sample_every=150, **TOY)
+    first = sum(v for _, v, _ in losses[:10]) / 10
+    last = sum(v for _, v, _ in losses[-10:]) / 10
+    assert last < 0.8 * first
+    assert [s for s, _ in _losses(tmp_path)] == list(range(1, 151))
+    assert (tmp_path / "samples_0000150.png").stat().st_size > 0
+
+
+def test_unet_training_reduces_the_loss(tmp_path):
+    _, losses = train(tmp_path, progress=False, steps=30, ckpt_every=30, sample_every=1000,
+                      **TINY_UNET)
+    first = sum(v for _, v, _ in losses[:5]) / 5
+    last = sum(v for _, v, _ in losses[-5:]) / 5
+    assert last < first
+    model, ckpt = load_model(tmp_path / "ckpt.pt")
+    assert ckpt["step"] == 30 and not model.training
+
+
+@pytest.mark.parametrize("settings", [TOY, TINY_UNET], ids=["mlp", "unet"])
+def test_resume_matches_uninterrupted_run(tmp_path, settings):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    common = dict(progress=False, ckpt_every=3, sample_every=1000, **settings)
+    model_a, losses_a = train(whole, steps=6, **common)
+    train(split, steps=3, **common)
+    model_b, losses_b = train(split, steps=6, resume=True, **common)
+    for (name, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values(),
+                            strict=True):
+        assert torch.equal(a, b), name
+    ema_a = load_checkpoint(whole / "ckpt.pt")["ema"]["model"]
+    ema_b = load_checkpoint(split / "ckpt.pt")["ema"]["model"]
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+    assert [v for _, v in _losses(whole)] == [v for _, v in _losses(split)]
+
+
+def test_resume_refuses_changed_settings_and_missing_run(tmp_path):
+    train(tmp_path, progress=False, steps=2, ckpt_every=2, sample_every=1000, **TOY)
+    with pytest.raises(ValueError, match="lr"):
+        train(tmp_path, progress=False, steps=4, resume=True, **{**TOY, "lr": 0.5})
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(tmp_path, progress=False, steps=4, **TOY)
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        train(tmp_path / "none", progress=False, steps=4, resume=True, **TOY)
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
+    # an enormous learning rate blows the weights up after the first update
+    settings = {**TOY, "lr": 1e30, "max_grad_norm": None}
+    with pytest.raises(TrainingDiverged, match=r"at step (\d+).*last good checkpoint \(step 1\)"):
+        train(tmp_path, progress=False, steps=50, ckpt_every=1, sample_every=1000, **settings)
+    ckpt = load_checkpoint(tmp_path / "ckpt.pt")
+    assert ckpt["step"] == 1
+
+
+def test_checkpoint_loads_weights_only(tmp_path):
+    path = tmp_path / "evil.pt"
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("ran code",))
+
+    torch.save({"x": Evil()}, path)
+    with pytest.raises(ValueError, match="not a readable torch checkpoint"):
+        load_checkpoint(path)
+    path.write_bytes(b"PK\x03\x04 torn")
+    with pytest.raises(ValueError, match="not a readable torch checkpoint"):
+        load_checkpoint(path)
+    save_checkpoint(path, {"a": torch.arange(3)})
+    assert torch.equal(load_checkpoint(path)["a"], torch.arange(3))
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("method,nfe_per_step", [("euler", 1), ("midpoint", 2), ("rk4", 4)])
+def test_sample_shapes_and_nfe(method, nfe_per_step):
+    from fm_torch.models.unet import UNet
+
+    torch.manual_seed(0)
+    model = UNet(base=8, mults=(1, 2), heads=2).eval()
+    x0 = torch.randn(4, 1, 28, 28)
+    y = torch.tensor([0, 1, 2, 3])
+    xs, nfe = sample(model, x0, y, guidance=2.0, method=method, steps=3, return_nfe=True)
+    assert xs.shape == (4, 4, 1, 28, 28) and torch.equal(xs[0], x0)
+    assert nfe == 3 * nfe_per_step * 2  # guidance evaluates the model twice
+    _, nfe = sample(model, x0, y, guidance=1.0, method=method, steps=3, return_nfe=True)
+    assert nfe == 3 * nfe_per_step
+
+
+def test_resolve_config_errors():
+    with pytest.raises(ValueError, match="unknown data set"):
+        resolve_config(data="cifar")
+    with pytest.raises(ValueError, match="unknown training settings"):
+        resolve_config(data="moons", lerning_rate=1)
+    with pytest.raises(ValueError, match="batch must be a positive"):
+        resolve_config(data="moons", batch=0)
+    assert resolve_config(data="mnist")["batch"] == 128
