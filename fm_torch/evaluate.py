@@ -260,7 +260,8 @@ def frechet_distance_from_features(feats1, feats2):
     return frechet_distance(*gaussian_stats(feats1), *gaussian_stats(feats2))
 
 
-def mnist_metrics(images, labels=None, classifier=None, info=None, reference=None, seed=0):
+def mnist_metrics(images, labels=None, classifier=None, info=None, reference=None, seed=0,
+                 memo=None):
     """Judge metrics of generated images (N, 28, 28) in [0, 1].
 
     Returns a dict with "fd" (generated vs the real test split), "fd_floor" (N real
@@ -268,6 +269,8 @@ def mnist_metrics(images, labels=None, classifier=None, info=None, reference=Non
     (the classes the samples were asked for) are given, "class_accuracy" (judge agrees)
     and "class_accuracy_floor" (the judge's accuracy on the real test split).
     `reference` may pass ((train_x, train_y), (test_x, test_y)); default load_mnist.
+    `memo`: a dict kept by the caller between calls with the same judge and reference, so
+    the test-split statistics and the floors are computed once, not per call.
     """
     images = _as_images(images)
     if classifier is None:
@@ -280,21 +283,27 @@ def mnist_metrics(images, labels=None, classifier=None, info=None, reference=Non
     n = images.shape[0]
     if n < 2:
         raise ValueError(f"need at least 2 images for a Frechet distance, got {n}")
-    rng = np.random.default_rng(seed)
-    real_idx = rng.choice(len(train_x), size=min(n, len(train_x)), replace=False)
-    f_test = features(classifier, test_x)
+    memo = {} if memo is None else memo
+    if "stats_test" not in memo:
+        memo["stats_test"] = gaussian_stats(features(classifier, test_x))
+    stats_test = memo["stats_test"]
+    if ("fd_floor", n, seed) not in memo:
+        rng = np.random.default_rng(seed)
+        real_idx = rng.choice(len(train_x), size=min(n, len(train_x)), replace=False)
+        f_real = features(classifier, np.asarray(train_x)[real_idx])
+        memo[("fd_floor", n, seed)] = frechet_distance(*gaussian_stats(f_real), *stats_test)
     f_gen = features(classifier, images)
-    f_real = features(classifier, np.asarray(train_x)[real_idx])
-    stats_test = gaussian_stats(f_test)
     out = {
         "n": int(n),
         "fd": frechet_distance(*gaussian_stats(f_gen), *stats_test),
-        "fd_floor": frechet_distance(*gaussian_stats(f_real), *stats_test),
+        "fd_floor": memo[("fd_floor", n, seed)],
         "n_reference_test": int(len(test_x)),
     }
     if labels is not None:
         out["class_accuracy"] = classifier_accuracy(classifier, images, labels)
-        out["class_accuracy_floor"] = classifier_accuracy(classifier, test_x, test_y)
+        if "accuracy_floor" not in memo:
+            memo["accuracy_floor"] = classifier_accuracy(classifier, test_x, test_y)
+        out["class_accuracy_floor"] = memo["accuracy_floor"]
     if info is not None:
         out["judge"] = {k: v for k, v in info.items() if k != "path"}
     return out
@@ -362,7 +371,7 @@ def sample_images(model, n, guidance=1.0, method="midpoint", steps=20, seed=0, b
 
 def evaluate_checkpoint(path, n=1000, guidance=1.0, method="midpoint", steps=20, seed=0,
                         ema=True, judge_steps=DEFAULT_CLASSIFIER_STEPS, device="cpu",
-                        progress=True, classifier=None, info=None, reference=None):
+                        progress=True, classifier=None, info=None, reference=None, memo=None):
     """Sample n images from an fm-torch MNIST checkpoint and judge them (see mnist_metrics).
 
     Adds "nfe" (evaluations of the guided velocity field along one trajectory),
@@ -381,7 +390,7 @@ def evaluate_checkpoint(path, n=1000, guidance=1.0, method="midpoint", steps=20,
     images, labels, nfe = sample_images(model.to(device), n, guidance, method, steps, seed,
                                         device=device, progress=progress)
     seconds = time.perf_counter() - start
-    metrics = mnist_metrics(images, labels, classifier, info, reference, seed=seed)
+    metrics = mnist_metrics(images, labels, classifier, info, reference, seed=seed, memo=memo)
     metrics.update({
         "checkpoint": os.fspath(path), "train_step": int(checkpoint["step"]),
         "guidance": float(guidance), "method": method, "steps": int(steps), "nfe": nfe,
