@@ -171,7 +171,8 @@ def check_same_shape(name_a, a, name_b, b):
     """Reject two tensors of different shapes with one clear message."""
     if tuple(a.shape) != tuple(b.shape):
         raise ValueError(
-            f"{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+            f"{name_a} and {name_b} must have the same shape, "
+            f"got {tuple(a.shape)} and {tuple(b.shape)}"
         )
 
 

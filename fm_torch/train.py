@@ -13,7 +13,8 @@ DistributedDataParallel (NCCL on GPU, gloo on CPU), which averages the gradients
 world_size processes of batch B take the step of one process with batch world_size * B.
 Only rank 0 writes. A run folder holds config.json, loss.csv (step,loss,images_per_s),
 ckpt.pt (model, EMA, optimizer, step, every rank's generator state; written atomically
-every ckpt_every steps, read with weights_only=True) and samples_*.png.
+every ckpt_every steps, read with weights_only=True) and samples_<step>.png (every
+sample_every steps).
 """
 
 import csv
@@ -25,6 +26,7 @@ import torch.distributed as dist
 from torch.nn import functional as F
 
 from fm_numpy.io import atomic_path, save_json
+from fm_numpy.train import DeferredSigint, TrainingInterrupted
 from fm_torch.data import DATASETS, load_mnist_tensors, shard, toy_tensor
 from fm_torch.ema import EMA
 from fm_torch.io import load_checkpoint, save_checkpoint
@@ -34,6 +36,7 @@ __all__ = [
     "DEFAULTS",
     "MNIST_DEFAULTS",
     "TrainingDiverged",
+    "TrainingInterrupted",
     "resolve_config",
     "build_model",
     "load_model",
@@ -151,7 +154,10 @@ def _read_losses(path, up_to_step):
     if not os.path.exists(path):
         return []
     with open(path, newline="") as f:
-        rows = list(csv.reader(f))[1:]
+        lines = f.read().splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines = lines[:-1]  # a row torn by a crash in the middle of an append
+    rows = list(csv.reader(lines))[1:]
     return [(int(r[0]), float(r[1]), float(r[2])) for r in rows if int(r[0]) <= up_to_step]
 
 
@@ -237,6 +243,7 @@ def _train(out, resume, progress, device, data_dir, config, world_size, rank, tq
                desc="train", mininterval=0.5, dynamic_ncols=True)
     t_start, images = time.perf_counter(), 0
     model.train()
+    sigint = DeferredSigint().__enter__()  # Ctrl-C: finish the step, checkpoint, stop
     try:
         while step < config["steps"]:
             idx = torch.randint(0, len(x1_all), (B,), generator=gen)  # (B,)
@@ -274,7 +281,16 @@ def _train(out, resume, progress, device, data_dir, config, world_size, rank, tq
                 avg = sum(v for _, v, _ in pending[-50:]) / len(pending[-50:])
                 bar.set_postfix(loss=f"{avg:.4f}", img_s=f"{rate:.0f}", refresh=False)
             bar.update(1)
-            if step % config["ckpt_every"] == 0 or step == config["steps"]:
+            stop = sigint.requested
+            if world_size > 1:  # every rank stops at the same step when any rank saw SIGINT
+                flag = torch.tensor([float(stop)], device=device)
+                dist.all_reduce(flag)
+                stop = bool(flag.item() > 0)
+            if step % config["ckpt_every"] == 0 or step == config["steps"] or stop:
+                if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                    raise TrainingDiverged(
+                        f"weights became NaN or infinite at step {step}; stopped, the last "
+                        f"good checkpoint (step {last_good}) is kept in {out}")
                 states = _gather_rng(gen, world_size)
                 if is_main:
                     _write_losses(loss_path, pending, append=True)
@@ -282,9 +298,13 @@ def _train(out, resume, progress, device, data_dir, config, world_size, rank, tq
                 losses.extend(pending)
                 pending = []
                 last_good = step
-            if is_main and (step % config["sample_every"] == 0 or step == config["steps"]):
+            if stop:
+                raise TrainingInterrupted(
+                    f"interrupted at step {step}; checkpoint saved in {out}, resume to continue")
+            if is_main and step % config["sample_every"] == 0:
                 _plot_progress(out, config, ema.model, step, device)
     finally:
+        sigint.__exit__(None, None, None)
         bar.close()
     return model, losses
 
