@@ -147,7 +147,8 @@ def cmd_sample(args):
                         rows=10)
         if args.npz:
             save_npz(args.npz, images=images[-1].astype(np.float32), labels=y.numpy())
-        print(f"wrote {args.out} ({len(y)} images, {nfe} velocity evaluations) and "
+        evals = nfe * (1 if args.guidance in (0.0, 1.0) else 2)  # guidance runs the model twice
+        print(f"wrote {args.out} ({len(y)} images, NFE {nfe}, {evals} model evaluations) and "
               f"{stem}_trajectory.png" + (f" and {args.npz}" if args.npz else ""))
         return 0
     x0 = torch.randn((args.n, 2), generator=g)  # (N, 2)
@@ -157,7 +158,7 @@ def cmd_sample(args):
     _plot_trajectories_2d(xs, stem + "_trajectory.png")
     if args.npz:
         save_npz(args.npz, samples=xs[-1])
-    print(f"wrote {args.out} ({args.n} samples, {nfe} velocity evaluations) and "
+    print(f"wrote {args.out} ({args.n} samples, NFE {nfe}) and "
           f"{stem}_trajectory.png" + (f" and {args.npz}" if args.npz else ""))
     return 0
 

@@ -7,7 +7,7 @@ from fm_numpy.io import load_npz
 from fm_torch.cli import main
 
 TINY = ["--base", "8", "--mults", "1,2", "--batch", "8", "--n-train", "64", "--no-progress",
-        "--sample-every", "1000", "--threads", "1"]
+        "--sample-every", "4", "--threads", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,8 @@ def test_sample_writes_grid_strip_and_npz(mnist_run, tmp_path, capsys):
                "--method", "midpoint", "--steps", "10", "--per-class", "2", "--out", str(grid),
                "--npz", str(npz)])
     assert rc == 0
-    assert "40 velocity evaluations" in capsys.readouterr().out  # 10 steps x 2 x guidance 2
+    # midpoint: 2 evaluations a step; guidance 2 runs the model twice per evaluation
+    assert "NFE 20, 40 model evaluations" in capsys.readouterr().out
     assert grid.stat().st_size > 0 and (tmp_path / "grid_trajectory.png").stat().st_size > 0
     arrays = load_npz(npz)
     assert arrays["images"].shape == (20, 28, 28) and arrays["images"].dtype == np.float32
@@ -40,7 +41,7 @@ def test_sample_writes_grid_strip_and_npz(mnist_run, tmp_path, capsys):
 
 def test_resume_through_cli(mnist_run, capsys):
     rc = main(["train", "--data", "mnist", "--steps", "6", "--out", str(mnist_run), "--resume",
-               *TINY])
+               *TINY, "--sample-every", "1000"])
     assert rc == 0
     assert "trained to step 6" in capsys.readouterr().out
 
