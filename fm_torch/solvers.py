@@ -107,8 +107,12 @@ def odeint(v, x0, t_grid, method="euler", return_nfe=False, rtol=1e-5, atol=1e-5
             x = step(v, x, t, h)
             xs[n + 1] = x
     elif method in ADAPTIVE_METHODS:
+        t_grid = t_grid.to(x0.device)
+        # Without step_t, torchdiffeq steps past the last time and interpolates back,
+        # evaluating v outside [0, 1]; forcing steps onto the grid keeps it inside.
         xs = torchdiffeq.odeint(
-            lambda t, x: v(x, t), x0, t_grid.to(x0.device), method=method, rtol=rtol, atol=atol,
+            lambda t, x: v(x, t), x0, t_grid, method=method, rtol=rtol, atol=atol,
+            options=dict(step_t=t_grid),
         )  # (N, B, ...)
     else:
         known = ", ".join(list(FIXED_METHODS) + list(ADAPTIVE_METHODS))

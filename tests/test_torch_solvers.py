@@ -45,3 +45,16 @@ def test_fixed_shape_dtype_nfe(method, dtype):
 def test_bad_method_is_named():
     with pytest.raises(ValueError, match="unknown solver method 'RK45'"):
         odeint(v_rotation, torch.zeros(2, 2), [0.0, 1.0], "RK45")
+
+
+@pytest.mark.parametrize("grid", [[0.0, 0.5, 1.0], [1.0, 0.3, 0.0]])
+def test_dopri5_never_leaves_the_time_interval(grid):
+    seen = []
+
+    def v(x, t):
+        seen.append(float(t))
+        return -x * torch.cos(5 * t)
+
+    x0 = torch.randn(4, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    odeint(v, x0, grid, "dopri5", rtol=1e-3, atol=1e-3)
+    assert min(seen) >= 0.0 and max(seen) <= 1.0, (min(seen), max(seen))
