@@ -201,7 +201,8 @@ def _open_maybe_gz(folder, stem):
             if os.path.isfile(path):
                 return path
     raise FileNotFoundError(
-        f"MNIST file {stem}[.gz] not found in {folder} or {os.path.join(folder, 'MNIST', 'raw')}"
+        f"MNIST file {stem}[.gz] not found in {folder} or {os.path.join(folder, 'MNIST', 'raw')}; "
+        f"put the IDX files there, or run `{MNIST_INSTALL_HINT}` and leave out the data folder"
     )
 
 
