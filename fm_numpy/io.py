@@ -13,7 +13,6 @@ import json
 import os
 import tempfile
 import time
-import zipfile
 
 import numpy as np
 
@@ -59,8 +58,11 @@ def load_npz(path):
     try:
         with np.load(path, allow_pickle=False) as f:
             return {k: f[k] for k in f.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as e:
-        raise ValueError(f"{path} is not a readable .npz file ({type(e).__name__}: {e})") from None
+    except Exception as e:  # noqa: BLE001  (garbage fails in many ways, e.g. SyntaxError)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(
+            f"{path} is not a readable .npz file ({type(e).__name__}: {reason})"
+        ) from None
 
 
 def save_json(path, obj):
