@@ -60,6 +60,9 @@ class MLP(nn.Module):
             t = t.expand(B)
         elif t.shape != (B,):
             raise ValueError(f"t must be a scalar or have shape ({B},), got {tuple(t.shape)}")
+        if not bool(((t >= 0) & (t <= 1)).all()):  # as fm_numpy.mlp: NaN fails too
+            raise ValueError(f"t must lie in [0, 1], got values from {t.min().item()} to "
+                             f"{t.max().item()}")
         targ = (1000 * t)[:, None] * self.freqs  # (B, T/2)
         parts = [x, torch.cos(targ), torch.sin(targ)]
         if self.num_classes:
