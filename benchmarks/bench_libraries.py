@@ -193,7 +193,7 @@ def compare_2d(quick, notes):
     from fm_numpy.data import sample_toy
     from fm_numpy.metrics import energy_distance, noise_floor
 
-    steps, block = (150, 50) if quick else (2000, 100)
+    steps, block = (100, 50) if quick else (2000, 100)
     n_eval, reps = (500, 2) if quick else (2000, 5)
     runs = []
     for make in (_ours, _NumpyRun, _meta, _torchcfm):

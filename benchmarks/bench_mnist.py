@@ -29,14 +29,13 @@ IMG_DIR = os.path.join(ROOT, "docs", "img")
 
 FULL = dict(
     model=dict(base=16, mults=[1, 2], res_blocks=1, batch=64, lr=2e-3, ema_decay=0.99),
-    stages=[250, 500, 1000], n=500, judge=dict(steps=2000, width=32),
-    nfe=[("euler", 5), ("euler", 10), ("euler", 20), ("midpoint", 3), ("midpoint", 5),
-         ("midpoint", 10)],
+    stages=[200, 400, 800], n=500, judge=dict(steps=2000, width=32),
+    nfe=[("euler", 5), ("euler", 10), ("euler", 20), ("midpoint", 5), ("midpoint", 10)],
     guidance=[0.0, 1.0, 2.0, 3.0], method=("midpoint", 5),
 )
 QUICK = dict(
-    model=dict(base=8, mults=[1, 2], res_blocks=1, batch=32, lr=2e-3, ema_decay=0.9),
-    stages=[15, 30], n=100, judge=dict(steps=300, width=16),
+    model=dict(base=8, mults=[1, 2], res_blocks=1, batch=16, lr=2e-3, ema_decay=0.9),
+    stages=[10, 20], n=100, judge=dict(steps=300, width=16),
     nfe=[("euler", 2), ("midpoint", 2)],
     guidance=[1.0, 2.0], method=("euler", 4),
 )
@@ -62,12 +61,16 @@ def run(quick=False):
         shutil.rmtree(out)  # a fresh run each time: stages are resumed from this run only
     method, steps = cfg["method"]
     memo = {}  # test-split statistics and floors, computed once
+    done = {}  # (checkpoint, step, w, method, steps) -> metrics: no setting sampled twice
 
     def judge_ckpt(ckpt, **kw):
         args = dict(n=cfg["n"], guidance=1.0, method=method, steps=steps, seed=0,
                     classifier=judge, info=info, reference=reference, progress=False, memo=memo)
         args.update(kw)
-        return evaluate_checkpoint(ckpt, **args)
+        key = (ckpt, os.stat(ckpt).st_mtime_ns, args["guidance"], args["method"], args["steps"])
+        if key not in done:
+            done[key] = evaluate_checkpoint(ckpt, **args)
+        return done[key]
 
     stage_rows, t_train = [], 0.0
     for k, s in enumerate(cfg["stages"]):

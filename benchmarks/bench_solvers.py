@@ -42,9 +42,9 @@ def _timed(reps, fn, *args, **kwargs):
 
 
 def run(quick=False):
-    n = 300 if quick else 1000
-    reps = 2 if quick else 3
-    steps_list = [1, 2, 4, 8, 16, 32, 64] if quick else [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    n = 200 if quick else 1000
+    reps = 1 if quick else 3
+    steps_list = [1, 2, 4, 8, 16, 32] if quick else [1, 2, 4, 8, 16, 32, 64, 128, 256]
     tols = [1e-2, 1e-4, 1e-6] if quick else [1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8]
     field = eight_gaussians_mixture()
     x0 = np.random.default_rng(0).standard_normal((n, 2))  # (n, 2)
