@@ -304,7 +304,7 @@ def table(rows, floor, steps, n_eval, unet_rows, batch, notes):
     return "\n".join(lines)
 
 
-def plot(rows, path):
+def plot(rows, floor, path):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -319,6 +319,8 @@ def plot(rows, path):
     axes[1].bar(names, [1e3 * np.median(r[2]) for r in rows])
     axes[1].set_ylabel("sampling ms (20 NFE)")
     axes[2].bar(names, [r[3] for r in rows])
+    axes[2].axhline(floor[0], color="gray", ls="--", label="noise floor")
+    axes[2].legend(fontsize=7)
     axes[2].set_ylabel("energy distance")
     for ax in axes:
         ax.tick_params(axis="x", labelrotation=30, labelsize=7)
@@ -334,7 +336,7 @@ def main(quick=False, out_dir=None):
     unet_rows, batch = compare_unet(quick, notes)
     print(table(rows, floor, steps, n_eval, unet_rows, batch, notes))
     path = os.path.join(out_dir or IMG_DIR, "bench_libraries.png")
-    plot(rows, path)
+    plot(rows, floor, path)
     print(f"\n![library comparison](img/{os.path.basename(path)})")
     return rows
 
