@@ -162,9 +162,6 @@ def log_likelihood(
         probes = draw_probes(x1.shape, probe, n_probes, seed, x1.dtype, x1.device)  # (P, B, ...)
 
     def augmented(state, t):  # d/dt (x, delta) = (v, div v)
-        # dopri5 steps past the end of the grid and interpolates back: hold the field at
-        # its value at t = 0 there rather than evaluate it outside [0, 1].
-        t = min(max(t, 0.0), 1.0) if isinstance(t, float) else torch.clamp(t, 0.0, 1.0)
         x = state[:, :D].reshape(x1.shape)
         if probes is None:
             vx, div = exact_divergence(v, x, t, y)

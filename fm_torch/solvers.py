@@ -108,11 +108,13 @@ def odeint(v, x0, t_grid, method="euler", return_nfe=False, rtol=1e-5, atol=1e-5
             xs[n + 1] = x
     elif method in ADAPTIVE_METHODS:
         t_grid = t_grid.to(x0.device)
+        t_lo, t_hi = float(t_grid.min()), float(t_grid.max())
         # Without step_t, torchdiffeq steps past the last time and interpolates back,
-        # evaluating v outside [0, 1]; forcing steps onto the grid keeps it inside.
+        # evaluating v outside [0, 1]; forcing steps onto the grid keeps every step inside.
+        # Only its trial evaluation for the first step size can still overshoot: clamp it.
         xs = torchdiffeq.odeint(
-            lambda t, x: v(x, t), x0, t_grid, method=method, rtol=rtol, atol=atol,
-            options=dict(step_t=t_grid),
+            lambda t, x: v(x, t.clamp(t_lo, t_hi)), x0, t_grid, method=method, rtol=rtol,
+            atol=atol, options=dict(step_t=t_grid),
         )  # (N, B, ...)
     else:
         known = ", ".join(list(FIXED_METHODS) + list(ADAPTIVE_METHODS))
