@@ -61,16 +61,19 @@ def bench(config, batch=64, n_sample=100, reps=5):
 
 def main(quick=False):
     reps = 2 if quick else 7
-    threads = torch.get_num_threads()
-    print(f"U-Net images/s on CPU, torch {torch.__version__}, {threads} threads, "
-          f"median of {reps}")
-    print("| base | mults | params | train img/s (batch 64) | velocity evals img/s "
-          "| sampled img/s (midpoint 20, guidance: 80 NFE) |")
-    print("|---:|---|---:|---:|---:|---:|")
-    for config in CONFIGS[:1] if quick else CONFIGS:
-        params, train_rate, eval_rate = bench(config, reps=reps)
-        print(f"| {config['base']} | {','.join(map(str, config['mults']))} | {params:,} | "
-              f"{train_rate:.0f} | {eval_rate:.0f} | {eval_rate / 80:.1f} |", flush=True)
+    default_threads = torch.get_num_threads()
+    print(f"U-Net images/s on CPU, torch {torch.__version__}, median of {reps}")
+    print("| base | mults | params | threads | train img/s (batch 64) | model evals img/s "
+          "| sampled img/s (midpoint 20, guidance: 80 evals) |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
+    for threads in sorted({1, default_threads}):
+        torch.set_num_threads(threads)
+        for config in CONFIGS[:1] if quick else CONFIGS:
+            params, train_rate, eval_rate = bench(config, reps=reps)
+            print(f"| {config['base']} | {','.join(map(str, config['mults']))} | {params:,} | "
+                  f"{threads} | {train_rate:.0f} | {eval_rate:.0f} | {eval_rate / 80:.1f} |",
+                  flush=True)
+    torch.set_num_threads(default_threads)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import time
 
 OUT = os.path.join("runs", "demo")
 
-NUMPY_TRAIN = ["--data", "8gaussians", "--steps", "2000", "--batch", "256", "--hidden", "128",
+NUMPY_TRAIN = ["--data", "8gaussians", "--steps", "1200", "--batch", "256", "--hidden", "128",
                "--lr", "3e-3"]
 TORCH_TRAIN = ["--data", "mnist", "--base", "16", "--mults", "1,2,2", "--steps", "800",
                "--batch", "64", "--lr", "2e-3", "--ema-decay", "0.995", "--ckpt-every", "200",
@@ -52,7 +52,9 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="a few steps, to test the plumbing")
     parser.add_argument("--out", default=OUT, help="output folder (default runs/demo)")
     args = parser.parse_args(argv)
-    threads = min(2, os.cpu_count() or 1)
+    # One intra-op thread: measured on the 2-core machine, 2 threads ran the U-Net step 12x
+    # slower than 1 whenever another process held a core (benchmarks/bench_unet.py).
+    threads = 1
     import torch
 
     torch.set_num_threads(threads)
