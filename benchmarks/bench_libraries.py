@@ -8,7 +8,7 @@ torchdiffeq.odeint). fm_numpy (manual backward, its own Adam) runs the same reci
   - time per training step: the runs train in interleaved blocks of steps (one block
     of each library in turn, so machine load hits all alike), median [q25, q75] per step;
   - sampling time at equal NFE (midpoint, 10 steps = 20 NFE, 2000 samples), median of
-    repetitions;
+    interleaved repetitions;
   - quality at equal budget (same steps): energy distance between 2000 samples and
     2000 fresh data points, beside the noise floor (two fresh data sets).
 Then the U-Net training step: ours (fm_torch.models.unet.UNet, base 32, mults 1,2,2,
@@ -193,7 +193,7 @@ def compare_2d(quick, notes):
     from fm_numpy.data import sample_toy
     from fm_numpy.metrics import energy_distance, noise_floor
 
-    steps, block = (100, 50) if quick else (2000, 100)
+    steps, block = (100, 50) if quick else (1000, 100)
     n_eval, reps = (500, 2) if quick else (2000, 5)
     runs = []
     for make in (_ours, _NumpyRun, _meta, _torchcfm):
@@ -215,15 +215,15 @@ def compare_2d(quick, notes):
     x0 = torch.randn((n_eval, 2), generator=torch.Generator().manual_seed(7))
     data = sample_toy(DATA, n_eval, rng=123)
     floor = noise_floor(energy_distance, lambda n, g: sample_toy(DATA, n, g), n_eval, 5, rng=9)
-    rows = []
-    for r in runs:
-        sample_t = []
-        for _ in range(reps):
+    sample_t, x1 = {r.name: [] for r in runs}, {}
+    for rep in range(reps):  # interleaved like the training blocks
+        for r in (runs if rep % 2 == 0 else runs[::-1]):
             start = time.perf_counter()
-            x1 = r.sample(x0, 10)  # midpoint, 10 steps, 20 NFE
-            sample_t.append(time.perf_counter() - start)
-        rows.append((r.name, np.array(times[r.name]), np.array(sample_t),
-                     energy_distance(x1, data), float(np.mean(losses[r.name][-block:]))))
+            x1[r.name] = r.sample(x0, 10)  # midpoint, 10 steps, 20 NFE
+            sample_t[r.name].append(time.perf_counter() - start)
+    rows = [(r.name, np.array(times[r.name]), np.array(sample_t[r.name]),
+             energy_distance(x1[r.name], data), float(np.mean(losses[r.name][-block:])))
+            for r in runs]
     return rows, floor, steps, n_eval
 
 
@@ -232,7 +232,7 @@ def compare_unet(quick, notes):
 
     from fm_torch.models.unet import UNet
 
-    B, reps = (8, 2) if quick else (64, 5)
+    B, reps = (8, 2) if quick else (32, 3)
     models = {"fm_torch UNet (ours)": (UNet(1, 32, (1, 2, 2), 1, 32, num_classes=10), False)}
     try:
         from torchcfm.models.unet import UNetModel
