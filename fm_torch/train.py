@@ -130,7 +130,9 @@ def flow_matching_loss(model, path, x1, y, x0, t):
     """L = mean((v_theta(xt, t, y) - ut)^2) with (xt, ut) = path.sample(x0, x1, t)."""
     xt, ut = path.sample(x0, x1, t)  # (B, ...) each
     v = model(xt, t, y)  # (B, ...)
-    return F.mse_loss(v.float(), ut.float())
+    # Under bf16 autocast v is bf16: take the loss in float32 at least, float64 for float64 data.
+    dtype = torch.promote_types(ut.dtype, torch.float32)
+    return F.mse_loss(v.to(dtype), ut.to(dtype))
 
 
 def _dist_info():

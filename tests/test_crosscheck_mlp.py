@@ -194,12 +194,6 @@ def test_torch_flow_matching_loss_matches_numpy_loss(sched, seed, B):
     assert abs(loss_np - loss_th) <= RTOL[np.float32] * loss_scale, (loss_np, loss_th)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fm_torch.train.flow_matching_loss casts v and ut to float32 "
-    "(F.mse_loss(v.float(), ut.float())): a float64 model trains on a float32 loss, so it "
-    "cannot match numpy's float64 loss to 1e-10 (reported by H5)",
-)
 def test_torch_flow_matching_loss_matches_numpy_loss_float64():
     loss_np, loss_th, loss_scale = _loss_pair(np.float64, "condot", 0, 16)
     assert abs(loss_np - loss_th) <= RTOL[np.float64] * loss_scale, (loss_np, loss_th)
