@@ -18,6 +18,9 @@ import numpy as np
 
 __all__ = ["atomic_path", "save_npz", "load_npz", "save_json"]
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read the process umask once: mkstemp files are 0600, outputs should not be
+
 
 @contextlib.contextmanager
 def atomic_path(path):
@@ -34,6 +37,7 @@ def atomic_path(path):
             time.sleep(float(os.environ["FM_DUAL_SLOW_WRITE"]))  # test hook, see the docstring
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

