@@ -28,9 +28,9 @@ RUN_DIR = os.path.join(ROOT, "runs", "bench", "mnist")
 IMG_DIR = os.path.join(ROOT, "docs", "img")
 
 FULL = dict(
-    model=dict(base=16, mults=[1, 2], res_blocks=1, batch=64, lr=2e-3, ema_decay=0.99),
-    stages=[200, 400, 800], n=500, judge=dict(steps=2000, width=32),
-    nfe=[("euler", 5), ("euler", 10), ("euler", 20), ("midpoint", 5), ("midpoint", 10)],
+    model=dict(base=16, mults=[1, 2], res_blocks=1, batch=32, lr=2e-3, ema_decay=0.99),
+    stages=[100, 200, 400], n=300, judge=dict(steps=2000, width=32),
+    nfe=[("euler", 5), ("euler", 10), ("midpoint", 5), ("midpoint", 10)],
     guidance=[0.0, 1.0, 2.0, 3.0], method=("midpoint", 5),
 )
 QUICK = dict(
