@@ -57,6 +57,17 @@ def test_batch_items_are_independent():
             torch.testing.assert_close(one, full[i : i + 1], rtol=1e-5, atol=1e-5)
 
 
+def test_float64_model_runs_in_float64_and_matches_float32():
+    """Likelihoods run the U-Net in float64: every part, the time features too, follows."""
+    model = _unet()
+    x, t, y = torch.randn(2, 1, 28, 28), torch.rand(2), torch.tensor([1, 7])
+    with torch.no_grad():
+        v32 = model(x, t, y)
+        v64 = model.double()(x.double(), t.double(), y)
+    assert v64.dtype == torch.float64
+    torch.testing.assert_close(v64.float(), v32, rtol=1e-4, atol=1e-4)
+
+
 def test_time_features_match_formula():
     t = torch.tensor([0.0, 0.3, 1.0])
     phi = time_features(t, 8)

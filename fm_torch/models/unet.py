@@ -22,9 +22,9 @@ __all__ = ["UNet", "time_features"]
 def time_features(t, dim):
     """phi(t) = [cos(1000 t freqs), sin(1000 t freqs)], freqs_k = exp(-log(10000) k / half)."""
     half = dim // 2
-    k = torch.arange(half, dtype=torch.float32, device=t.device)
+    k = torch.arange(half, dtype=t.dtype, device=t.device)
     freqs = torch.exp(-math.log(10000.0) * k / half)  # (half,)
-    angle = 1000.0 * t.float()[:, None] * freqs[None, :]  # (B, half)
+    angle = 1000.0 * t[:, None] * freqs[None, :]  # (B, half)
     return torch.cat([torch.cos(angle), torch.sin(angle)], dim=1)  # (B, dim)
 
 
@@ -149,7 +149,8 @@ class UNet(nn.Module):
 
     def embed(self, t, y, batch, device):
         """emb = MLP(phi(t)) + E[y]; y None means the null class (row num_classes)."""
-        t = torch.as_tensor(t, device=device)
+        # in the weights' dtype: float32 normally (also under bf16 autocast), float64 for likelihoods
+        t = torch.as_tensor(t, dtype=self.conv_in.weight.dtype, device=device)
         if t.ndim == 0:
             t = t.expand(batch)
         if t.shape != (batch,):
