@@ -158,7 +158,8 @@ def make_scheduler(name, **kwargs):
 def check_t(t):
     """Reject times outside [0, 1] (NaN included) with one clear message."""
     if not bool(((t >= 0) & (t <= 1)).all()):
-        raise ValueError(f"t must lie in [0, 1], got values from {t.min().item()} to {t.max().item()}")
+        low, high = t.min().item(), t.max().item()
+        raise ValueError(f"t must lie in [0, 1], got values from {low} to {high}")
 
 
 def check_finite(name, x):
@@ -197,7 +198,9 @@ class AffinePath:
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
         check_t(t)
         if t.ndim not in (0, 1) or (t.ndim == 1 and t.shape[0] not in (1, x.shape[0])):
-            raise ValueError(f"t must be a scalar or have shape ({x.shape[0]},), got {tuple(t.shape)}")
+            raise ValueError(
+                f"t must be a scalar or have shape ({x.shape[0]},), got {tuple(t.shape)}"
+            )
         return tuple(expand_t(c, x) for c in self.scheduler(t))
 
     def sample(self, x0, x1, t):

@@ -70,7 +70,9 @@ class _Counted:
 def _check_grid(t_grid):
     t_grid = torch.as_tensor(t_grid, dtype=torch.float64).cpu()
     if t_grid.ndim != 1 or t_grid.numel() < 2:
-        raise ValueError(f"t_grid must be 1-D with at least 2 times, got shape {tuple(t_grid.shape)}")
+        raise ValueError(
+            f"t_grid must be 1-D with at least 2 times, got shape {tuple(t_grid.shape)}"
+        )
     if not bool(torch.isfinite(t_grid).all()):
         raise ValueError("t_grid must be finite")
     h = torch.diff(t_grid)
@@ -99,7 +101,7 @@ def odeint(v, x0, t_grid, method="euler", return_nfe=False, rtol=1e-5, atol=1e-5
     if method in FIXED_METHODS:
         step = FIXED_METHODS[method]
         ts = t_grid.tolist()
-        xs = torch.empty((len(ts),) + tuple(x0.shape), dtype=x0.dtype, device=x0.device)  # (N, B, ...)
+        xs = x0.new_empty((len(ts),) + tuple(x0.shape))  # (N, B, ...)
         xs[0] = x0
         x = x0
         for n in range(len(ts) - 1):

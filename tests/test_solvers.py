@@ -85,7 +85,9 @@ def test_adaptive_meets_tolerance(method, direction):
     xs, nfe = odeint(v_rotation, start, grid, method, return_nfe=True, rtol=1e-8, atol=1e-10)
     err = np.abs(xs - np.stack([exact_rotation(x0, t) for t in grid])).max()
     assert err < 1e-6, err
-    coarse, nfe_coarse = odeint(v_rotation, start, grid, method, return_nfe=True, rtol=1e-3, atol=1e-3)
+    coarse, nfe_coarse = odeint(
+        v_rotation, start, grid, method, return_nfe=True, rtol=1e-3, atol=1e-3
+    )
     assert nfe_coarse < nfe  # a looser tolerance takes fewer evaluations
     assert np.abs(coarse - np.stack([exact_rotation(x0, t) for t in grid])).max() < 1e-2
 

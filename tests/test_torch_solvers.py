@@ -27,7 +27,9 @@ def test_dopri5_meets_tolerance(direction):
     xs, nfe = odeint(v_rotation, start, grid, "dopri5", return_nfe=True, rtol=1e-8, atol=1e-10)
     truth = torch.stack([exact_rotation(x0, t) for t in grid])
     assert (xs - truth).abs().max().item() < 1e-6
-    coarse, nfe_coarse = odeint(v_rotation, start, grid, "dopri5", return_nfe=True, rtol=1e-3, atol=1e-3)
+    coarse, nfe_coarse = odeint(
+        v_rotation, start, grid, "dopri5", return_nfe=True, rtol=1e-3, atol=1e-3
+    )
     assert nfe_coarse < nfe
     assert (coarse - truth).abs().max().item() < 1e-2
 
@@ -36,7 +38,8 @@ def test_dopri5_meets_tolerance(direction):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_fixed_shape_dtype_nfe(method, dtype):
     x0 = torch.zeros(3, 1, 4, 4, dtype=dtype)
-    xs, nfe = odeint(lambda x, t: torch.ones_like(x), x0, [0.0, 0.2, 0.4, 1.0], method, return_nfe=True)
+    grid = [0.0, 0.2, 0.4, 1.0]
+    xs, nfe = odeint(lambda x, t: torch.ones_like(x), x0, grid, method, return_nfe=True)
     assert xs.shape == (4, 3, 1, 4, 4) and xs.dtype == dtype
     assert nfe == 3 * NFE_PER_STEP[method]
     torch.testing.assert_close(xs[:, 1, 0, 2, 2], torch.tensor([0.0, 0.2, 0.4, 1.0], dtype=dtype))

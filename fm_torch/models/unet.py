@@ -149,7 +149,7 @@ class UNet(nn.Module):
 
     def embed(self, t, y, batch, device):
         """emb = MLP(phi(t)) + E[y]; y None means the null class (row num_classes)."""
-        # in the weights' dtype: float32 normally (also under bf16 autocast), float64 for likelihoods
+        # in the weights' dtype: float32 (also under bf16 autocast), float64 for likelihoods
         t = torch.as_tensor(t, dtype=self.conv_in.weight.dtype, device=device)
         if t.ndim == 0:
             t = t.expand(batch)
