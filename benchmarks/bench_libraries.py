@@ -35,6 +35,7 @@ MARKDOWN = True
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SITE = os.path.join(ROOT, "runs", "bench", "site")
 IMG_DIR = os.path.join(ROOT, "docs", "img")
+QUICK_IMG_DIR = os.path.join(ROOT, "runs", "bench", "img")
 PACKAGES = {"flow_matching": "flow_matching==1.0.10", "torchcfm": "torchcfm==1.0.7",
             "ot": "pot==0.9.7.post1"}
 DATA, BATCH, HIDDEN, DEPTH, LR = "8gaussians", 512, 256, 3, 2e-3
@@ -335,9 +336,13 @@ def main(quick=False, out_dir=None):
     rows, floor, steps, n_eval = compare_2d(quick, notes)
     unet_rows, batch = compare_unet(quick, notes)
     print(table(rows, floor, steps, n_eval, unet_rows, batch, notes))
-    path = os.path.join(out_dir or IMG_DIR, "bench_libraries.png")
+    # quick runs keep their plots out of docs/, which shows the full run's
+    path = os.path.join(out_dir or (QUICK_IMG_DIR if quick else IMG_DIR), "bench_libraries.png")
     plot(rows, floor, path)
-    print(f"\n![library comparison](img/{os.path.basename(path)})")
+    if quick:
+        print(f"\n(plot: {os.path.relpath(path, ROOT)})")
+    else:
+        print(f"\n![library comparison](img/{os.path.basename(path)})")
     return rows
 
 

@@ -26,6 +26,7 @@ MARKDOWN = True
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_DIR = os.path.join(ROOT, "runs", "bench", "mnist")
 IMG_DIR = os.path.join(ROOT, "docs", "img")
+QUICK_IMG_DIR = os.path.join(ROOT, "runs", "bench", "img")
 
 FULL = dict(
     model=dict(base=16, mults=[1, 2], res_blocks=1, batch=32, lr=2e-3, ema_decay=0.99),
@@ -160,9 +161,13 @@ def plot(res, path):
 def main(quick=False, out_dir=None):
     res = run(quick)
     print(table(res))
-    path = os.path.join(out_dir or IMG_DIR, "bench_mnist.png")
+    # quick runs keep their plots out of docs/, which shows the full run's
+    path = os.path.join(out_dir or (QUICK_IMG_DIR if quick else IMG_DIR), "bench_mnist.png")
     plot(res, path)
-    print(f"\n![MNIST judge metrics](img/{os.path.basename(path)})")
+    if quick:
+        print(f"\n(plot: {os.path.relpath(path, ROOT)})")
+    else:
+        print(f"\n![MNIST judge metrics](img/{os.path.basename(path)})")
     return res
 
 

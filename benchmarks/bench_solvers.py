@@ -28,7 +28,9 @@ from fm_numpy.solvers import odeint
 from fm_numpy.straightness import straightness
 
 MARKDOWN = True  # benchmarks.run copies this module's output into docs/benchmarks.md as is
-IMG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "img")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IMG_DIR = os.path.join(ROOT, "docs", "img")
+QUICK_IMG_DIR = os.path.join(ROOT, "runs", "bench", "img")
 FIXED = ("euler", "midpoint", "heun", "rk4")
 
 
@@ -158,9 +160,13 @@ def main(quick=False, out_dir=None):
     """Run, print the markdown table, write the PNG; returns the rows."""
     rows, s, n = run(quick)
     print(table(rows, s, n))
-    path = os.path.join(out_dir or IMG_DIR, "bench_solvers.png")
+    # quick runs keep their plots out of docs/, which shows the full run's
+    path = os.path.join(out_dir or (QUICK_IMG_DIR if quick else IMG_DIR), "bench_solvers.png")
     plot(rows, path)
-    print(f"\n![solver error vs NFE](img/{os.path.basename(path)})")
+    if quick:
+        print(f"\n(plot: {os.path.relpath(path, ROOT)})")
+    else:
+        print(f"\n![solver error vs NFE](img/{os.path.basename(path)})")
     return rows
 
 
