@@ -243,7 +243,7 @@ def table(res):
                      f"the exact-ODE reference took {ref_nfe} evaluations.")
     for label in SCHEDULES:
         best = {}
-        for lab, name, nfe, ed, rms, _ in res["rows"]:
+        for lab, name, nfe, ed, _, _ in res["rows"]:
             if lab == label and nfe and (nfe not in best or ed < best[nfe][1]):
                 best[nfe] = (name, ed)
         lines.append(f"- {label}, lowest energy distance per NFE: " + "; ".join(
@@ -287,8 +287,8 @@ def plot(res, path):
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=80)
     floor_mean, floor_std = res["floor"]
-    styles = dict(zip(SCHEDULES, ("-", "--")))
-    colors = dict(zip(SAMPLERS, ("k", "tab:blue", "tab:orange", "tab:green")))
+    styles = dict(zip(SCHEDULES, ("-", "--"), strict=True))
+    colors = dict(zip(SAMPLERS, ("k", "tab:blue", "tab:orange", "tab:green"), strict=True))
     for label in SCHEDULES:
         for name in SAMPLERS:
             sel = [r for r in res["rows"] if r[0] == label and r[1] == name]
@@ -308,7 +308,7 @@ def plot(res, path):
     axes[1].set_ylabel("RMS to the exact flow ODE solution")
     axes[1].set_title("sampler error (solid SD, dashed DDPM-linear)", fontsize=9)
     for tune in res["tunes"]:
-        steps, tuned, scratch = (np.array(c) for c in zip(*tune["curve"]))
+        steps, tuned, scratch = (np.array(c) for c in zip(*tune["curve"], strict=True))
         axes[2].plot(steps, tuned, styles[tune["label"]], color="tab:red",
                      label=f"Diff2Flow ({tune['label']})")
         axes[2].plot(steps, scratch, styles[tune["label"]], color="tab:purple",
