@@ -26,12 +26,11 @@ each after training (rk4, 20 NFE).
 Prints markdown tables and writes docs/img/bench_diffusion.png (runs/bench/img/ with --quick).
 """
 
-import argparse
-import os
 import time
 
 import numpy as np
 
+from benchmarks.common import announce_plot, plot_path, run_from_command_line, save_figure
 from fm_numpy.data import sample_toy
 from fm_numpy.diffusion import (
     DiffusionToFlow,
@@ -50,9 +49,6 @@ from fm_numpy.paths import AffinePath
 from fm_numpy.solvers import odeint
 
 MARKDOWN = True  # benchmarks.run copies this module's output into docs/benchmarks.md as is
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-IMG_DIR = os.path.join(ROOT, "docs", "img")
-QUICK_IMG_DIR = os.path.join(ROOT, "runs", "bench", "img")
 TOY = "moons"
 SCHEDULES = {"SD scaled-linear": scaled_linear_betas, "DDPM linear": linear_betas}
 NET = dict(hidden=64, depth=3, time_features=32)  # tests/test_diffusion.py's toy DDPM
@@ -283,7 +279,6 @@ def plot(res, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fm_numpy.io import atomic_path
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=80)
     floor_mean, floor_std = res["floor"]
@@ -321,26 +316,18 @@ def plot(res, path):
     for ax in axes:
         ax.grid(True, which="major", alpha=0.3)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(quick=False, out_dir=None):
     """Run, print the markdown tables, write the PNG; returns the results."""
     res = run(quick)
     print(table(res))
-    # quick runs keep their plots out of docs/, which shows the full run's
-    path = os.path.join(out_dir or (QUICK_IMG_DIR if quick else IMG_DIR), "bench_diffusion.png")
+    path = plot_path("bench_diffusion", quick, out_dir)
     plot(res, path)
-    if quick:
-        print(f"\n(plot: {os.path.relpath(path, ROOT)})")
-    else:
-        print(f"\n![DDIM vs flow ODE, and the Diff2Flow fine-tune](img/{os.path.basename(path)})")
+    announce_plot(path, quick, "DDIM vs flow ODE, and the Diff2Flow fine-tune")
     return res
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer steps, samples and NFEs")
-    main(quick=parser.parse_args().quick)
+    run_from_command_line(main, __doc__, "fewer steps, samples and NFEs")

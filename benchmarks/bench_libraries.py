@@ -23,7 +23,6 @@ imported, its rows say so and the benchmark goes on.
     python -m benchmarks.bench_libraries [--quick]
 """
 
-import argparse
 import os
 import subprocess
 import sys
@@ -31,11 +30,10 @@ import time
 
 import numpy as np
 
+from benchmarks.common import ROOT, announce_plot, plot_path, run_from_command_line, save_figure
+
 MARKDOWN = True
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SITE = os.path.join(ROOT, "runs", "bench", "site")
-IMG_DIR = os.path.join(ROOT, "docs", "img")
-QUICK_IMG_DIR = os.path.join(ROOT, "runs", "bench", "img")
 PACKAGES = {"flow_matching": "flow_matching==1.0.10", "torchcfm": "torchcfm==1.0.7",
             "ot": "pot==0.9.7.post1"}
 DATA, BATCH, HIDDEN, DEPTH, LR = "8gaussians", 512, 256, 3, 2e-3
@@ -311,7 +309,6 @@ def plot(rows, floor, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fm_numpy.io import atomic_path
 
     fig, axes = plt.subplots(1, 3, figsize=(10, 3), dpi=80)
     names = [r[0] for r in rows]
@@ -326,9 +323,7 @@ def plot(rows, floor, path):
     for ax in axes:
         ax.tick_params(axis="x", labelrotation=30, labelsize=7)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(quick=False, out_dir=None):
@@ -336,17 +331,11 @@ def main(quick=False, out_dir=None):
     rows, floor, steps, n_eval = compare_2d(quick, notes)
     unet_rows, batch = compare_unet(quick, notes)
     print(table(rows, floor, steps, n_eval, unet_rows, batch, notes))
-    # quick runs keep their plots out of docs/, which shows the full run's
-    path = os.path.join(out_dir or (QUICK_IMG_DIR if quick else IMG_DIR), "bench_libraries.png")
+    path = plot_path("bench_libraries", quick, out_dir)
     plot(rows, floor, path)
-    if quick:
-        print(f"\n(plot: {os.path.relpath(path, ROOT)})")
-    else:
-        print(f"\n![library comparison](img/{os.path.basename(path)})")
+    announce_plot(path, quick, "library comparison")
     return rows
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer steps and repetitions")
-    main(quick=parser.parse_args().quick)
+    run_from_command_line(main, __doc__, "fewer steps and repetitions")

@@ -17,16 +17,14 @@ instead of the benchmark's own small model.
 Prints markdown tables and writes docs/img/bench_mnist.png.
 """
 
-import argparse
 import os
 import shutil
 import time
 
+from benchmarks.common import ROOT, announce_plot, plot_path, run_from_command_line, save_figure
+
 MARKDOWN = True
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_DIR = os.path.join(ROOT, "runs", "bench", "mnist")
-IMG_DIR = os.path.join(ROOT, "docs", "img")
-QUICK_IMG_DIR = os.path.join(ROOT, "runs", "bench", "img")
 
 FULL = dict(
     model=dict(base=16, mults=[1, 2], res_blocks=1, batch=32, lr=2e-3, ema_decay=0.99),
@@ -130,7 +128,6 @@ def plot(res, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fm_numpy.io import atomic_path
 
     fig, axes = plt.subplots(1, 3, figsize=(10, 3), dpi=80)
     s = [r[0] for r in res["stages"]]
@@ -153,25 +150,17 @@ def plot(res, path):
     axes[2].set_xlabel("guidance w")
     axes[2].set_ylabel("FD")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(quick=False, out_dir=None):
     res = run(quick)
     print(table(res))
-    # quick runs keep their plots out of docs/, which shows the full run's
-    path = os.path.join(out_dir or (QUICK_IMG_DIR if quick else IMG_DIR), "bench_mnist.png")
+    path = plot_path("bench_mnist", quick, out_dir)
     plot(res, path)
-    if quick:
-        print(f"\n(plot: {os.path.relpath(path, ROOT)})")
-    else:
-        print(f"\n![MNIST judge metrics](img/{os.path.basename(path)})")
+    announce_plot(path, quick, "MNIST judge metrics")
     return res
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a tiny run: pipeline check only")
-    main(quick=parser.parse_args().quick)
+    run_from_command_line(main, __doc__, "a tiny run: pipeline check only")

@@ -16,20 +16,16 @@ repetitions with min and max. Also Liu et al.'s straightness S of the oracle flo
 Prints a markdown table and writes docs/img/bench_solvers.png (error vs NFE, log-log).
 """
 
-import argparse
-import os
 import time
 
 import numpy as np
 
+from benchmarks.common import announce_plot, plot_path, run_from_command_line, save_figure
 from fm_numpy.analytic import eight_gaussians_mixture
 from fm_numpy.solvers import odeint
 from fm_numpy.straightness import straightness
 
 MARKDOWN = True  # benchmarks.run copies this module's output into docs/benchmarks.md as is
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-IMG_DIR = os.path.join(ROOT, "docs", "img")
-QUICK_IMG_DIR = os.path.join(ROOT, "runs", "bench", "img")
 FIXED = ("euler", "midpoint", "heun", "rk4")
 
 
@@ -127,7 +123,6 @@ def plot(rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fm_numpy.io import atomic_path
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=80)
     keys = sorted({(r[0], r[1]) for r in rows}, key=lambda k: (k[0], k[1]))
@@ -147,26 +142,18 @@ def plot(rows, path):
     axes[0].set_title("error vs NFE (8gaussians oracle)", fontsize=9)
     axes[1].set_title("error vs cost", fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(quick=False, out_dir=None):
     """Run, print the markdown table, write the PNG; returns the rows."""
     rows, s, n = run(quick)
     print(table(rows, s, n))
-    # quick runs keep their plots out of docs/, which shows the full run's
-    path = os.path.join(out_dir or (QUICK_IMG_DIR if quick else IMG_DIR), "bench_solvers.png")
+    path = plot_path("bench_solvers", quick, out_dir)
     plot(rows, path)
-    if quick:
-        print(f"\n(plot: {os.path.relpath(path, ROOT)})")
-    else:
-        print(f"\n![solver error vs NFE](img/{os.path.basename(path)})")
+    announce_plot(path, quick, "solver error vs NFE")
     return rows
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer grids and repetitions")
-    main(quick=parser.parse_args().quick)
+    run_from_command_line(main, __doc__, "fewer grids and repetitions")
