@@ -9,6 +9,7 @@ renaming it, so tests/test_reliability_crash.py can kill a process inside that w
 """
 
 import contextlib
+import csv
 import json
 import os
 import tempfile
@@ -16,7 +17,7 @@ import time
 
 import numpy as np
 
-__all__ = ["atomic_path", "save_npz", "load_npz", "save_json"]
+__all__ = ["atomic_path", "save_npz", "load_npz", "save_json", "read_log", "write_log"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)  # read the process umask once: mkstemp files are 0600, outputs should not be
@@ -75,3 +76,32 @@ def save_json(path, obj):
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2, sort_keys=True)
             f.write("\n")
+
+
+def read_log(path, up_to_step):
+    """Rows (lists of strings, header dropped) of a step-indexed CSV log up to `up_to_step`.
+
+    A last row without its newline was torn by a crash in the middle of an append and is
+    dropped, so a resumed run rewrites the log exactly as an uninterrupted one wrote it.
+    """
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        lines = f.read().splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines = lines[:-1]
+    return [row for row in list(csv.reader(lines))[1:] if int(row[0]) <= up_to_step]
+
+
+def write_log(path, header, rows, append):
+    """Rewrite a CSV log atomically (header + rows), or append rows and fsync them."""
+    if not append:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            w.writerows(rows)
+        return
+    with open(path, "a", newline="") as f:
+        csv.writer(f).writerows(rows)
+        f.flush()
+        os.fsync(f.fileno())

@@ -12,7 +12,6 @@ written atomically every ckpt_every steps, so `resume=True` continues to exactly
 weights an uninterrupted run reaches.
 """
 
-import csv
 import json
 import math
 import os
@@ -21,7 +20,7 @@ import threading
 
 import numpy as np
 
-from fm_numpy.io import atomic_path, load_npz, save_json, save_npz
+from fm_numpy.io import load_npz, read_log, save_json, save_npz, write_log
 from fm_numpy.mlp import MLP
 from fm_numpy.optim import Adam
 from fm_numpy.paths import AffinePath, make_scheduler
@@ -160,27 +159,11 @@ def _make_data(config):
 
 
 def _read_losses(path, up_to_step):
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="") as f:
-        lines = f.read().splitlines(keepends=True)
-    if lines and not lines[-1].endswith("\n"):
-        lines = lines[:-1]  # a row torn by a crash in the middle of an append
-    rows = list(csv.reader(lines))[1:]
-    return [(int(s), float(v)) for s, v in rows if int(s) <= up_to_step]
+    return [(int(s), float(v)) for s, v in read_log(path, up_to_step)]
 
 
 def _write_losses(path, rows, append):
-    if not append:
-        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["step", "loss"])
-            w.writerows((s, repr(v)) for s, v in rows)
-        return
-    with open(path, "a", newline="") as f:
-        csv.writer(f).writerows((s, repr(v)) for s, v in rows)
-        f.flush()
-        os.fsync(f.fileno())
+    write_log(path, ["step", "loss"], [(s, repr(v)) for s, v in rows], append)
 
 
 def train(out, resume=False, progress=True, **settings):

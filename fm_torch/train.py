@@ -17,7 +17,6 @@ every ckpt_every steps, read with weights_only=True) and samples_<step>.png (eve
 sample_every steps).
 """
 
-import csv
 import os
 import time
 
@@ -25,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch.nn import functional as F
 
-from fm_numpy.io import atomic_path, save_json
+from fm_numpy.io import atomic_path, read_log, save_json, write_log
 from fm_numpy.train import DeferredSigint, TrainingInterrupted
 from fm_torch.data import DATASETS, load_mnist_tensors, shard, toy_tensor
 from fm_torch.ema import EMA
@@ -153,27 +152,12 @@ def _make_data(config, data_dir, rank, world_size):
 
 
 def _read_losses(path, up_to_step):
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="") as f:
-        lines = f.read().splitlines(keepends=True)
-    if lines and not lines[-1].endswith("\n"):
-        lines = lines[:-1]  # a row torn by a crash in the middle of an append
-    rows = list(csv.reader(lines))[1:]
-    return [(int(r[0]), float(r[1]), float(r[2])) for r in rows if int(r[0]) <= up_to_step]
+    return [(int(s), float(v), float(r)) for s, v, r in read_log(path, up_to_step)]
 
 
 def _write_losses(path, rows, append):
-    if not append:
-        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["step", "loss", "images_per_s"])
-            w.writerows((s, repr(v), f"{r:.1f}") for s, v, r in rows)
-        return
-    with open(path, "a", newline="") as f:
-        csv.writer(f).writerows((s, repr(v), f"{r:.1f}") for s, v, r in rows)
-        f.flush()
-        os.fsync(f.fileno())
+    header = ["step", "loss", "images_per_s"]
+    write_log(path, header, [(s, repr(v), f"{r:.1f}") for s, v, r in rows], append)
 
 
 def train(out, resume=False, progress=True, device=None, data_dir=None, **settings):
