@@ -222,35 +222,45 @@ from fm_numpy.cli_likelihood import add_likelihood_parser  # noqa: E402  (H3's s
 SUBCOMMANDS = [add_train_parser, add_sample_parser, add_likelihood_parser]
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2, like every other error here
-        sys.stderr.write(f"{PROG}: error: {message}\n")
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line `<prog>: error: ...` and exit status 2."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog.split()[0]}: error: {message}\n")
         sys.exit(2)
 
 
-def build_parser():
-    parser = _Parser(prog=PROG, description="Flow matching in NumPy: train and sample.")
-    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in SUBCOMMANDS:
+def build_parser(prog=PROG, description="Flow matching in NumPy: train and sample.",
+                 subcommands=None):
+    """The command line: one subparser per function in `subcommands` (default SUBCOMMANDS)."""
+    parser = OneLineErrorParser(prog=prog, description=description)
+    subparsers = parser.add_subparsers(dest="command", required=True,
+                                       parser_class=OneLineErrorParser)
+    for add in SUBCOMMANDS if subcommands is None else subcommands:
         add(subparsers)
     return parser
+
+
+def run_command(args, prog, diverged_error):
+    """Run args.func; bad input -> exit 2, divergence -> 1, Ctrl-C -> 130, one line each."""
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        sys.stderr.write(f"{prog}: error: {e}\n")
+        return 2
+    except diverged_error as e:
+        sys.stderr.write(f"{prog}: error: {e}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prog}: interrupted; the last checkpoint is kept\n")
+        return 130
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     from fm_numpy.train import TrainingDiverged
 
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, OSError) as e:
-        sys.stderr.write(f"{PROG}: error: {e}\n")
-        return 2
-    except TrainingDiverged as e:
-        sys.stderr.write(f"{PROG}: error: {e}\n")
-        return 1
-    except KeyboardInterrupt:
-        sys.stderr.write(f"{PROG}: interrupted; the last checkpoint is kept\n")
-        return 130
+    return run_command(args, PROG, TrainingDiverged)
 
 
 if __name__ == "__main__":

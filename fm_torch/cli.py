@@ -14,6 +14,8 @@ import argparse
 import os
 import sys
 
+from fm_numpy import cli as numpy_cli
+
 PROG = "fm-torch"
 
 
@@ -191,35 +193,15 @@ from fm_torch.evaluate import add_evaluate_parser  # noqa: E402  (H6's subcomman
 SUBCOMMANDS = [add_train_parser, add_sample_parser, add_likelihood_parser, add_evaluate_parser]
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2, like every other error here
-        sys.stderr.write(f"{PROG}: error: {message}\n")
-        sys.exit(2)
-
-
 def build_parser():
-    parser = _Parser(prog=PROG, description="Flow matching in PyTorch: train and sample.")
-    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in SUBCOMMANDS:
-        add(subparsers)
-    return parser
+    return numpy_cli.build_parser(PROG, "Flow matching in PyTorch: train and sample.", SUBCOMMANDS)
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     from fm_torch.train import TrainingDiverged
 
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, OSError) as e:
-        sys.stderr.write(f"{PROG}: error: {e}\n")
-        return 2
-    except TrainingDiverged as e:
-        sys.stderr.write(f"{PROG}: error: {e}\n")
-        return 1
-    except KeyboardInterrupt:
-        sys.stderr.write(f"{PROG}: interrupted; the last checkpoint is kept\n")
-        return 130
+    return numpy_cli.run_command(args, PROG, TrainingDiverged)
 
 
 if __name__ == "__main__":
