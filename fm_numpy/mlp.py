@@ -287,17 +287,9 @@ class MLP:
 
     def load_npz(self, path):
         """Load parameters from an .npz written by either package; refuses another architecture."""
-        arrays = load_npz(path)
-        config = _read_config(arrays, path)
-        mine = {k: v for k, v in self.config.items() if k not in ("seed", "dtype")}
-        theirs = {k: config.get(k) for k in mine}
-        if mine != theirs:
-            raise ValueError(f"{path} holds an MLP with {theirs}, not {mine}")
-        for name, p in self.params.items():
-            if name not in arrays or arrays[name].shape != p.shape:
-                got = arrays[name].shape if name in arrays else "nothing"
-                raise ValueError(f"{path}: parameter {name} should have shape {p.shape}, got {got}")
-            p[...] = arrays[name]
+        shapes = {name: p.shape for name, p in self.params.items()}
+        for name, value in read_weights(path, self.config, shapes).items():
+            self.params[name][...] = value
         return self
 
     @classmethod
@@ -311,6 +303,27 @@ class MLP:
         except TypeError as e:
             raise ValueError(f"{path}: config is not an MLP configuration ({e})") from None
         return model.load_npz(path)
+
+
+def read_weights(path, config, shapes):
+    """The parameter arrays of an MLP .npz, checked against an architecture.
+
+    Refuses (ValueError naming the file) a file whose config differs from `config` in
+    anything but seed and dtype, or whose arrays miss a name of `shapes` or have another
+    shape. Shared by fm_numpy's and fm_torch's MLP.load_npz.
+    """
+    arrays = load_npz(path)
+    theirs_config = _read_config(arrays, path)
+    mine = {k: v for k, v in config.items() if k not in ("seed", "dtype")}
+    theirs = {k: theirs_config.get(k) for k in mine}
+    if mine != theirs:
+        raise ValueError(f"{path} holds an MLP with {theirs}, not {mine}")
+    for name, shape in shapes.items():
+        if name not in arrays or arrays[name].shape != tuple(shape):
+            got = arrays[name].shape if name in arrays else "nothing"
+            raise ValueError(
+                f"{path}: parameter {name} should have shape {tuple(shape)}, got {got}")
+    return {name: arrays[name] for name in shapes}
 
 
 def _read_config(arrays, path):

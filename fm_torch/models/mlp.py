@@ -18,7 +18,7 @@ from torch import nn
 
 from fm_numpy.io import load_npz, save_npz
 from fm_numpy.mlp import MLP as NumpyMLP
-from fm_numpy.mlp import _read_config
+from fm_numpy.mlp import _read_config, read_weights
 
 __all__ = ["MLP"]
 
@@ -88,18 +88,10 @@ class MLP(nn.Module):
 
     def load_npz(self, path):
         """Load parameters from an .npz written by either package; refuses another architecture."""
-        arrays = load_npz(path)
-        config = _read_config(arrays, path)
-        mine = {k: v for k, v in self.config.items() if k not in ("seed", "dtype")}
-        theirs = {k: config.get(k) for k in mine}
-        if mine != theirs:
-            raise ValueError(f"{path} holds an MLP with {theirs}, not {mine}")
+        shapes = {name: tuple(p.shape) for name, p in self.named_parameters()}
+        arrays = read_weights(path, self.config, shapes)
         with torch.no_grad():
             for name, p in self.named_parameters():
-                if name not in arrays or arrays[name].shape != tuple(p.shape):
-                    got = arrays[name].shape if name in arrays else "nothing"
-                    raise ValueError(
-                        f"{path}: parameter {name} should have shape {tuple(p.shape)}, got {got}")
                 p.copy_(torch.from_numpy(arrays[name]))
         return self
 
