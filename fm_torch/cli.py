@@ -54,7 +54,10 @@ def add_train_parser(subparsers):
     p.add_argument("--ema-decay", type=float, help="EMA decay of the weights (default 0.999)")
     p.add_argument("--n-train", type=int, help="use only the first N MNIST training images")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA or CPU)")
+    p.add_argument("--sync-every", type=int,
+                   help="read losses (one host sync, one DDP all-reduce) every N steps "
+                        "(default 1 on CPU, 50 on GPU or under torchrun)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA only)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -89,7 +92,8 @@ def cmd_train(args):
                     ema_decay=args.ema_decay, n_train=args.n_train,
                     bf16=args.bf16 or None, compile=args.compile or None)
     _, losses = train(out, resume=args.resume, progress=not args.no_progress,
-                      device=args.device, data_dir=args.data_dir, **settings)
+                      device=args.device, data_dir=args.data_dir, sync_every=args.sync_every,
+                      **settings)
     if losses and int(os.environ.get("RANK", "0")) == 0:
         print(f"trained to step {losses[-1][0]}, last loss {losses[-1][1]:.4f}; wrote "
               f"{os.path.join(out, 'ckpt.pt')}")
