@@ -91,7 +91,7 @@ def _key(scheduler):
     """The SCHEDULERS name of a scheduler object (and its arguments)."""
     name = next(k for k, cls in SCHEDULERS.items() if isinstance(scheduler, cls))
     args = {k: v for k, v in vars(scheduler).items()}
-    return name + "".join(f", {k}={v:.4g}" for k, v in args.items())
+    return repr(name) + "".join(f", {k}={v:.4g}" for k, v in args.items())
 
 
 def _fmt(c):
@@ -150,7 +150,7 @@ def _diagnose(report, sample, x0, x1, t, xt, ut, sched):
         if _close(m, _coef(other, t)):
             report.fail("wrong-scheduler", f"your path is {other!r}, not {sched!r} "
                         f"(all six schedulers and sigma_min tried); fix: use {sched!r} or "
-                        f"check with scheduler={_key(other)!r}; {got}")
+                        f"check with scheduler={_key(other)}; {got}")
             return
     if _close(m[:, :2], ref[:, :2]):
         report.fail("wrong-target", f"xt is right but ut is not d xt/dt; {got}, {want}; "
