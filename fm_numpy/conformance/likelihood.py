@@ -120,7 +120,7 @@ def check_likelihood(log_likelihood, divergence="exact"):
     report.note(f"mean exact log p_1 = {truth.mean():.4f}, yours = {got.mean():.4f}, "
                 f"mean |error| = {np.mean(np.abs(err)):.2g} nats")
     if not ok:
-        _diagnose(report, got, ref, tol)
+        _diagnose(report, got, ref, tol, divergence == "hutchinson")
     # image-shaped input (B, 1, 2, 2): the divergence must trace all non-batch axes
     x_img, truth_img = ref["x1_image"], ref["log_p1_image"]
     try:
@@ -130,8 +130,9 @@ def check_likelihood(log_likelihood, divergence="exact"):
              else abs(float(np.mean(got_img - truth_img))))
         tol_img = tol if divergence == "exact" else 4 * float(
             np.std(got_img - truth_img) / math.sqrt(len(truth_img))) + TOL_EXACT
-        if not report.row("image-shaped x1 (B, 1, 2, 2)", f"{e:.2g}", f"{tol_img:.2g}",
-                          e <= tol_img):
+        ok_img = report.row("image-shaped x1 (B, 1, 2, 2)", f"{e:.2g}", f"{tol_img:.2g}",
+                            e <= tol_img)
+        if not ok_img and ok:  # wrong only on images (when flat inputs fail too, that is why)
             report.fail("image-shape", f"on x1 of shape {x_img.shape} the log-likelihood is off "
                         f"by {e:.2g} nats (flat inputs: {measured:.2g}): the divergence does not "
                         "trace all non-batch axes; fix: flatten to (B, D) for the trace")
@@ -142,7 +143,7 @@ def check_likelihood(log_likelihood, divergence="exact"):
     return report
 
 
-def _diagnose(report, got, ref, tol):
+def _diagnose(report, got, ref, tol, hutchinson):
     truth, delta = ref["log_p1"], ref["delta"]
     log_p0 = standard_normal_log_prob(ref["x0"])
 
@@ -159,9 +160,10 @@ def _diagnose(report, got, ref, tol):
                         "likelihood integrates data -> noise, from t = 1 down to t = 0; fix: "
                         "time grid [1, 0] (x1 at t = 1)")
             return
+    # got = log p0(x0) + k delta; Hutchinson noise averages out of the least-squares k
     k = float(np.sum((got - log_p0) * delta) / np.sum(delta**2))
     fit = float(np.mean(np.abs(got - log_p0 - k * delta)))
-    if fit <= tol:
+    if fit <= tol or (hutchinson and abs(k - round(k)) < 0.15 and round(k) != 1):
         if abs(k + 1) < 0.1:
             report.fail("sign", f"the divergence term has the wrong sign (fitted weight "
                         f"{k:.3f}): log p1 = log p0(x0) - int_0^1 div v dt = log p0(x0) + "
