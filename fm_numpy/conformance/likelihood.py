@@ -103,7 +103,12 @@ def check_likelihood(log_likelihood, divergence="exact"):
         got = np.asarray(call_user(log_likelihood, MixtureVelocity(mixture()), x1.copy()),
                          dtype=np.float64).reshape(-1)
     except UserError as e:
-        report.fail("raises", f"log_likelihood raised {e.message} on x1 of shape {x1.shape}")
+        if "Double" in e.message and "Float" in e.message:
+            report.fail("precision", f"fails on float64 input: {e.message} (a float32 tensor "
+                        "meets float64 ones); fix: create probes and constants in x1's dtype, "
+                        "e.g. (torch.randn_like(x1) < 0).to(x1.dtype) * 2 - 1")
+        else:
+            report.fail("raises", f"log_likelihood raised {e.message} on x1 of shape {x1.shape}")
         return report
     if got.shape != (B,):
         report.fail("shape", f"returned {got.size} values for {B} points; expected one per point")
