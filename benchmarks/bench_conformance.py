@@ -56,8 +56,8 @@ def meta_cases():
     )
     from flow_matching.solver import ODESolver
 
-    from fm_torch.likelihood import standard_normal_log_prob
     from fm_torch import conformance as T
+    from fm_torch.likelihood import standard_normal_log_prob
 
     def path_sample(scheduler, broadcast=True):
         path = AffineProbPath(scheduler=scheduler)

@@ -116,7 +116,7 @@ def check_diffusion_to_flow(convert, prediction="epsilon"):
         ok &= report.row(f"step {k} (t = {ref['t'][i]:.4f})", f"{e:.1e}", "1e-08", e <= 1e-8)
     if ok:
         return report
-    candidates = [(f"wrong-prediction", DiffusionToFlow(model, abar, other),
+    candidates = [("wrong-prediction", DiffusionToFlow(model, abar, other),
                    f"the output is read as {other}-prediction, but the model predicts "
                    f"{prediction} (diffusion's 'x0' is the clean sample, our x1; 'epsilon' is "
                    f"the noise, our x0); fix: prediction={prediction!r}")

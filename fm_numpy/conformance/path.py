@@ -16,8 +16,16 @@ accurate to a few 1e-16 at these t; anything computed in float32 is off by ~1e-7
 
 import numpy as np
 
-from fm_numpy.paths import SCHEDULERS, CondOT, Cosine, LinearVP, Polynomial, SigmaMinOT, VP
-from fm_numpy.paths import make_scheduler
+from fm_numpy.paths import (
+    SCHEDULERS,
+    VP,
+    CondOT,
+    Cosine,
+    LinearVP,
+    Polynomial,
+    SigmaMinOT,
+    make_scheduler,
+)
 
 from .report import Report, UserError, call_user, load_reference, rel_err
 
@@ -29,7 +37,7 @@ SCALAR_T = 0.3
 
 
 def reference_arrays():
-    """The probe (x0, x1, t) and, per scheduler at its default arguments, xt, ut and coefficients."""
+    """The probe (x0, x1, t); per scheduler (default arguments) xt, ut and its coefficients."""
     rng = np.random.default_rng(15)
     B = D = 12
     x0 = rng.standard_normal((B, D))  # (B, D)
@@ -219,8 +227,9 @@ def _diagnose_not_affine(report, sample, x0, x1, t, xt, ut, sched, ref, m):
                     "adds its own noise (xt = mu_t + sigma eps, as torchcfm does with "
                     "sigma > 0); fix: sigma = 0 for the deterministic path")
         return
+    resid = rel_err(xt, ref[:, :1] * x1 + ref[:, 1:2] * x0)
     report.fail("mismatch", "xt or ut is not a per-sample combination of x1 and x0 "
-                f"(largest relative residual {rel_err(xt, ref[:, :1] * x1 + ref[:, 1:2] * x0):.2g})")
+                f"(largest relative residual {resid:.2g})")
 
 
 def _as_array(a):
