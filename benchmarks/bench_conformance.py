@@ -96,6 +96,20 @@ def meta_cases():
     cases.append(("ODESolver.sample(method='dopri5', time_grid=grid)", "solver dopri5",
                   lambda: T.check_solver(ode_sampler("dopri5"), "dopri5")))
 
+    def sampler_by_step_size(v, x0, t_grid):  # the README's way: step_size, time_grid=grid
+        h = float(abs(t_grid[1] - t_grid[0]))
+        return ode_sampler("midpoint", step_size=h)(v, x0, t_grid)
+
+    cases.append(("ODESolver.sample(method='midpoint', step_size=h, time_grid=grid)",
+                  "solver midpoint", lambda: T.check_solver(sampler_by_step_size, "midpoint")))
+
+    def end_points_only(v, x0, t_grid):  # flow_matching#67: the grid's ends, no step_size
+        solver = ODESolver(velocity_model=v)
+        return solver.sample(x_init=x0, step_size=None, method="midpoint",
+                             time_grid=t_grid[[0, -1]])
+    cases.append(("ODESolver.sample(method='midpoint', step_size=None, time_grid=[t0, t1])",
+                  "solver midpoint", lambda: T.check_solver(end_points_only, "midpoint")))
+
     def meta_likelihood(exact, dtype=None):
         def ll(v, x1):
             torch.manual_seed(0)  # the Hutchinson probe is drawn from the global generator

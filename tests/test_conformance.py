@@ -172,3 +172,17 @@ def test_cli_check_exit_codes(tmp_path):
         r = _cli(tmp_path, *args)
         assert r.returncode == 2, args
         assert r.stderr.startswith("fm-numpy: error: ") and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_cli_check_torch_function(tmp_path, monkeypatch, capsys):
+    from fm_numpy.cli import main
+
+    (tmp_path / "torch_usercode.py").write_text(
+        "from fm_torch.paths import AffinePath, Cosine\n"
+        "sample = AffinePath(Cosine()).sample\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "path", "torch_usercode:sample", "--torch", "--scheduler",
+                 "cosine"]) == 0
+    assert "PASSED" in capsys.readouterr().out
+    assert main(["check", "path", "torch_usercode:sample", "--torch"]) == 1
+    assert "wrong-scheduler: your path is Cosine()" in capsys.readouterr().out
