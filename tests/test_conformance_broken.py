@@ -80,6 +80,17 @@ def test_t_broadcast_along_the_data_axis():
     diagnosed(C.check_path(broadcast), "per-sample-t", "data axis")
 
 
+def test_per_sample_t_refused():
+    def scalar_only(x0, x1, t):
+        t = float(t)  # TypeError for t of shape (B,)
+        return t * x1 + (1 - t) * x0, x1 - x0
+    diagnosed(C.check_path(scalar_only), "per-sample-t", "not for a scalar t")
+
+
+def test_path_returning_one_array():
+    diagnosed(C.check_path(lambda x0, x1, t: x0), "shape", "(xt, ut)")
+
+
 def test_scalar_t_refused():
     def only_arrays(x0, x1, t):
         t = np.asarray(t)[:, None]  # fails on a 0-d t

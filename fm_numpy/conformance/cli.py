@@ -74,8 +74,10 @@ def load_callable(target):
             if os.getcwd() not in sys.path:
                 sys.path.insert(0, os.getcwd())
             module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(f"cannot import {module_name!r}: {e}") from e
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- whatever the user's module raises on import
+        raise ValueError(f"cannot import {module_name!r}: {type(e).__name__}: {e}") from e
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -136,8 +138,11 @@ def cmd_check(args):
         fn = torch_conformance.WRAPPERS[args.kind](fn)
     try:
         report = CHECKS[args.kind](fn, **kwargs)
-    except TypeError as e:  # a wrong scheduler argument, say
-        raise ValueError(str(e)) from e
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- a wrong scheduler argument, a result of the wrong type
+        raise ValueError(f"check {args.kind} could not run {args.target}: "
+                         f"{type(e).__name__}: {e}") from e
     report.subject = f"{args.target}" + "".join(f" {k}={v}" for k, v in kwargs.items())
     print(report.table())
     return 0 if report.passed else 1

@@ -232,8 +232,14 @@ def _diagnose_not_affine(report, sample, x0, x1, t, xt, ut, sched, ref, m):
                 f"(largest relative residual {resid:.2g})")
 
 
-def _as_array(a):
-    return np.asarray(a)
+def _pair(result):
+    """(xt, ut) as arrays; UserError if sample did not return two of them."""
+    try:
+        xt, ut = result
+        return np.asarray(xt), np.asarray(ut)
+    except (TypeError, ValueError) as e:
+        raise UserError(TypeError(f"sample must return (xt, ut), got {type(result).__name__}"
+                                  f" ({e})")) from e
 
 
 def check_path(sample, scheduler="condot", **scheduler_args):
@@ -252,11 +258,23 @@ def check_path(sample, scheduler="condot", **scheduler_args):
     xt_ref = coef[:, :1] * x1 + coef[:, 1:2] * x0
     ut_ref = coef[:, 2:3] * x1 + coef[:, 3:4] * x0
     try:
-        xt, ut = (_as_array(a) for a in call_user(sample, x0.copy(), x1.copy(), t.copy()))
+        result = call_user(sample, x0.copy(), x1.copy(), t.copy())
     except UserError as e:
         report.row("sample with t of shape (B,)", "raises", "-", False)
+        try:
+            call_user(sample, x0.copy(), x1.copy(), SCALAR_T)
+        except UserError:
+            report.fail("raises", f"sample raised {e.message}, with a per-sample t and with a "
+                        "scalar one")
+            return report
         report.fail("per-sample-t", f"raises {e.message} when t has one time per sample, shape "
-                    f"({B},); fix: reshape t to (B, 1, ...) before multiplying")
+                    f"({B},), but not for a scalar t; fix: reshape t to (B, 1, ...) before "
+                    "multiplying")
+        return report
+    try:
+        xt, ut = _pair(result)
+    except UserError as e:
+        report.fail("shape", e.message.split(": ", 1)[-1])
         return report
     if xt.shape != x0.shape or ut.shape != x0.shape:
         report.fail("shape", f"returned shapes {xt.shape}, {ut.shape}, expected {x0.shape} each")
@@ -273,8 +291,8 @@ def check_path(sample, scheduler="condot", **scheduler_args):
     # a scalar t (a Python float) must mean the same time for every sample
     c = _coef(sched, np.full(B, SCALAR_T))
     try:
-        xs, us = (np.asarray(a, dtype=np.float64)
-                  for a in call_user(sample, x0.copy(), x1.copy(), SCALAR_T))
+        xs, us = (a.astype(np.float64)
+                  for a in _pair(call_user(sample, x0.copy(), x1.copy(), SCALAR_T)))
         e = max(rel_err(xs, c[:, :1] * x1 + c[:, 1:2] * x0), rel_err(us, c[:, 2:3] * x1
                                                                       + c[:, 3:4] * x0))
         if report.repaired and _repaired(x0, x1, xs, us, c) is not None:
