@@ -30,7 +30,9 @@ import numpy as np
 __all__ = ["BLOCK", "num_threads", "silu_forward", "silu_backward", "adam_update"]
 
 BLOCK = 1 << 15  # numbers per block: 128 KB in float32, several arrays fit in L2 together
-_THREAD_MIN = 1 << 16  # arrays smaller than this run on the calling thread
+# arrays smaller than this run on the calling thread: at (512, 256) a hand-off saves
+# less than it risks on a loaded machine (a helper descheduled inside its block)
+_THREAD_MIN = 1 << 19
 _pool = None
 _pool_threads = 0
 _pool_lock = threading.Lock()

@@ -11,6 +11,7 @@ from fm_numpy.optim import Adam
 @pytest.fixture(params=[1, 2, 3], ids=lambda n: f"{n}threads")
 def threads(request, monkeypatch):
     monkeypatch.setenv("FM_NUMPY_THREADS", str(request.param))
+    monkeypatch.setattr(kernels, "_THREAD_MIN", 1 << 12)  # small test arrays use threads too
     return request.param
 
 
@@ -88,3 +89,38 @@ def test_num_threads_reads_the_environment(monkeypatch):
     monkeypatch.delenv("FM_NUMPY_THREADS")
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
     assert kernels.num_threads() == 2
+
+
+def test_blocks_are_shared_between_threads_and_each_done_once(monkeypatch):
+    import threading
+
+    monkeypatch.setenv("FM_NUMPY_THREADS", "2")
+    seen, names, helper_started = [], set(), threading.Event()
+
+    def work(r0, r1):
+        if threading.current_thread().name.startswith("fm_numpy"):
+            helper_started.set()
+        else:
+            helper_started.wait(5)  # the caller waits until the helper has claimed a block
+        seen.append((r0, r1))
+        names.add(threading.current_thread().name)
+
+    kernels._run_rows(work, 4096, 256)  # 1 << 20 numbers, blocks of 128 rows
+    assert sorted(seen) == [(r, r + 128) for r in range(0, 4096, 128)]
+    assert len(names) == 2
+
+
+def test_an_error_in_a_helper_thread_reaches_the_caller(monkeypatch):
+    import threading
+
+    monkeypatch.setenv("FM_NUMPY_THREADS", "2")
+    helper_started = threading.Event()
+
+    def work(r0, r1):
+        if threading.current_thread().name.startswith("fm_numpy"):
+            helper_started.set()
+            raise FloatingPointError("from the helper")
+        helper_started.wait(5)
+
+    with pytest.raises(FloatingPointError, match="from the helper"):
+        kernels._run_rows(work, 4096, 256)
