@@ -95,15 +95,14 @@ def test_blocks_are_shared_between_threads_and_each_done_once(monkeypatch):
     import threading
 
     monkeypatch.setenv("FM_NUMPY_THREADS", "2")
-    seen, names, helper_started = [], set(), threading.Event()
+    seen, names, both = [], set(), threading.Barrier(2)
 
     def work(r0, r1):
-        if threading.current_thread().name.startswith("fm_numpy"):
-            helper_started.set()
-        else:
-            helper_started.wait(5)  # the caller waits until the helper has claimed a block
+        name = threading.current_thread().name
+        if name not in names:  # each thread's first block waits until the other has one
+            names.add(name)
+            both.wait(5)
         seen.append((r0, r1))
-        names.add(threading.current_thread().name)
 
     kernels._run_rows(work, 4096, 256)  # 1 << 20 numbers, blocks of 128 rows
     assert sorted(seen) == [(r, r + 128) for r in range(0, 4096, 128)]
