@@ -8,9 +8,9 @@ float32 and float64). What changes is only the order in which memory is visited:
     L2 cache, and all the ufuncs of one block run before the next block is touched. The
     plain code streams each (B, H) array through memory once per ufunc (six times for
     the SiLU forward); a block version streams it once.
-  - threads: NumPy releases the GIL inside a ufunc loop, so the blocks are shared out
-    over `num_threads()` Python threads (the BLAS thread count, as the matrix products
-    around them use), each claiming the next block when done with one. Small arrays stay
+  - threads (opt-in, FM_NUMPY_THREADS=N): NumPy releases the GIL inside a ufunc loop, so
+    the blocks can be shared out over `num_threads()` Python threads, each claiming the
+    next block when done with one. Small arrays stay
     on the calling thread, where a thread hand-off would cost more than it saves.
 
 Kernels (equations as in the plain code):
@@ -39,13 +39,15 @@ _pool_lock = threading.Lock()
 
 
 def num_threads():
-    """Threads for elementwise work: FM_NUMPY_THREADS, else the BLAS/OpenMP setting, else the
-    number of CPUs (at most 8)."""
-    for var in ("FM_NUMPY_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
-        value = os.environ.get(var, "")
-        if value.isdigit() and int(value) > 0:
-            return int(value)
-    return max(1, min(8, os.cpu_count() or 1))
+    """Threads for elementwise work: FM_NUMPY_THREADS, else 1.
+
+    One by default: in two side-by-side runs on the shared 2-core machine (load 6 to 12,
+    docs/benchmarks.md) two threads made the notebook-size step slower, not faster (a
+    helper descheduled inside its block stalls the caller); on a quiet machine they
+    halve the SiLU forward's elementwise time. FM_NUMPY_THREADS=2 turns them on.
+    """
+    value = os.environ.get("FM_NUMPY_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else 1
 
 
 def _executor(threads):
