@@ -8,6 +8,7 @@ the target is detached and the loss backpropagates through u only (docs/math.md,
 """
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from fm_numpy.meanflow import MEANFLOW_DEFAULTS
 
@@ -33,7 +34,10 @@ def meanflow_loss(model, path, x1, y, x0, r, t, norm_p=1.0, norm_eps=1e-3):
     def u_fn(z, r, t):
         return model(z, t, y, r=r)
 
-    u, du = torch.func.jvp(u_fn, (z, r, t), (v, torch.ones_like(r), torch.zeros_like(t)))
+    # fused attention kernels have no forward-mode derivative: the U-Net's attention takes
+    # the plain (math) kernel under the JVP
+    with sdpa_kernel(SDPBackend.MATH):
+        u, du = torch.func.jvp(u_fn, (z, r, t), (v, torch.ones_like(r), torch.zeros_like(t)))
     shape = (-1,) + (1,) * (z.ndim - 1)
     u_tgt = (v + (t - r).reshape(shape) * du).detach()  # (B, ...)
     delta = u - u_tgt  # (B, ...)

@@ -47,7 +47,7 @@ class MLP(nn.Module):
         for name, p in reference.params.items():
             self.register_parameter(name, nn.Parameter(torch.from_numpy(p.copy())))
         half = self.time_features // 2
-        freqs = torch.exp(-np.log(10000.0) * torch.arange(half, dtype=torch.float64) / half)
+        freqs = torch.from_numpy(reference.freqs.astype(np.float64))  # (T/2,) numpy's rate
         self.register_buffer("freqs", freqs.to(self.dtype), persistent=False)  # (T/2,)
 
     def extra_repr(self):
