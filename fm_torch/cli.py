@@ -60,6 +60,9 @@ def add_train_parser(subparsers):
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--out", default=None, help="run folder (default runs/<data>)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    from fm_numpy.cli_fewstep import add_fewstep_train_arguments
+
+    add_fewstep_train_arguments(p)
     p.set_defaults(func=cmd_train)
 
 
@@ -88,6 +91,9 @@ def cmd_train(args):
                     weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
                     ema_decay=args.ema_decay, n_train=args.n_train,
                     bf16=args.bf16 or None, compile=args.compile or None)
+    from fm_numpy.cli_fewstep import fewstep_settings
+
+    settings.update(fewstep_settings(args))
     _, losses = train(out, resume=args.resume, progress=not args.no_progress,
                       device=args.device, data_dir=args.data_dir, **settings)
     if losses and int(os.environ.get("RANK", "0")) == 0:
@@ -124,7 +130,7 @@ def cmd_sample(args):
     import torch
 
     from fm_numpy.io import save_npz
-    from fm_torch.train import load_model, sample, save_image_grid, save_scatter
+    from fm_torch.train import load_model, save_image_grid, save_scatter
 
     if args.steps < 1 or args.per_class < 1 or args.n < 1:
         raise ValueError("--steps, --per-class and -n must be positive integers")
@@ -138,8 +144,7 @@ def cmd_sample(args):
     if checkpoint["config"]["data"] == "mnist":
         y = torch.arange(10).repeat_interleave(args.per_class)  # (N,) one row per class
         x0 = torch.randn((len(y), 1, 28, 28), generator=g)  # (N, 1, 28, 28)
-        xs, nfe = sample(model, x0.to(device), y.to(device), args.guidance, args.method,
-                         args.steps, return_nfe=True)  # (steps+1, N, 1, 28, 28)
+        xs, nfe = _sample(model, x0.to(device), y.to(device), args)  # (steps+1, N, 1, 28, 28)
         images = ((xs[:, :, 0].clamp(-1, 1) + 1) / 2).cpu().numpy()  # (steps+1, N, 28, 28)
         save_image_grid(args.out, images[-1], rows=10)
         # trajectory strip: one sample per class (rows), t = 0, 0.1, ..., 1 (columns)
@@ -154,7 +159,7 @@ def cmd_sample(args):
               f"{stem}_trajectory.png" + (f" and {args.npz}" if args.npz else ""))
         return 0
     x0 = torch.randn((args.n, 2), generator=g)  # (N, 2)
-    xs, nfe = sample(model, x0.to(device), None, 1.0, args.method, args.steps, return_nfe=True)
+    xs, nfe = _sample(model, x0.to(device), None, args)
     xs = xs.cpu().numpy()  # (steps+1, N, 2)
     save_scatter(args.out, xs[-1], f"{checkpoint['config']['data']}: {args.n} samples")
     _plot_trajectories_2d(xs, stem + "_trajectory.png")
@@ -163,6 +168,19 @@ def cmd_sample(args):
     print(f"wrote {args.out} ({args.n} samples, NFE {nfe}) and "
           f"{stem}_trajectory.png" + (f" and {args.npz}" if args.npz else ""))
     return 0
+
+
+def _sample(model, x0, y, args):
+    """(trajectory, NFE): K average-velocity steps for a MeanFlow model with --method euler,
+    else the ODE of the (instantaneous) velocity."""
+    from fm_torch.train import sample
+
+    guidance = args.guidance if y is not None else 1.0
+    if getattr(model, "mean_flow", False) and args.method == "euler":
+        from fm_torch.meanflow import sample as meanflow_sample
+
+        return meanflow_sample(model, x0, args.steps, y, guidance), args.steps
+    return sample(model, x0, y, guidance, args.method, args.steps, return_nfe=True)
 
 
 def _plot_trajectories_2d(xs, path, n_paths=300):
@@ -187,10 +205,12 @@ def _plot_trajectories_2d(xs, path, n_paths=300):
 
 
 # ---------------------------------------------------------------------- main
+from fm_torch.cli_fewstep import add_reflow_parser  # noqa: E402  (issue 12's subcommand)
 from fm_torch.cli_likelihood import add_likelihood_parser  # noqa: E402  (H3's subcommand)
 from fm_torch.evaluate import add_evaluate_parser  # noqa: E402  (H6's subcommand)
 
-SUBCOMMANDS = [add_train_parser, add_sample_parser, add_likelihood_parser, add_evaluate_parser]
+SUBCOMMANDS = [add_train_parser, add_sample_parser, add_likelihood_parser, add_evaluate_parser,
+               add_reflow_parser]
 
 
 def build_parser():
