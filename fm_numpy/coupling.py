@@ -83,7 +83,7 @@ def ot_class_assignment(x0, x1, y, block=None):
     return perm
 
 
-def sinkhorn_plan(C, eps=0.05, iters=200, tol=1e-6):
+def sinkhorn_plan(C, eps=0.05, iters=200, tol=1e-4):
     """The entropic OT plan P (B0, B1) for cost C with uniform marginals a = 1/B0, b = 1/B1.
 
     min_P <P, C> - e H(P) with e = eps * mean(C) (eps is relative to the cost scale).

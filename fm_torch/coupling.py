@@ -57,7 +57,7 @@ def ot_class_assignment(x0, x1, y, block=None):
     return perm
 
 
-def sinkhorn_plan(C, eps=0.05, iters=200, tol=1e-6):
+def sinkhorn_plan(C, eps=0.05, iters=200, tol=1e-4):
     """Entropic OT plan (log-domain Sinkhorn, uniform marginals); see fm_numpy.coupling."""
     if C.ndim != 2 or C.numel() == 0:
         raise ValueError(f"C must be a non-empty 2-D cost matrix, got shape {tuple(C.shape)}")

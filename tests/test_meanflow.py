@@ -139,3 +139,33 @@ def test_old_files_load_as_plain_models(tmp_path):
     with pytest.raises(ValueError, match="holds an MLP"):
         NumpyMLP(2, 8, 1, 4).load_npz(tmp_path / "mf.npz")
     assert NumpyMLP.from_npz(tmp_path / "mf.npz").mean_flow
+
+
+def test_unet_mean_flow_jvp_matches_differences_and_old_weights_load():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from fm_torch.models.unet import UNet
+
+    torch.manual_seed(0)
+    plain = UNet(1, 8, (1, 2), 1, 8, 10)
+    assert not any(k.startswith("interval_mlp") for k in plain.state_dict())
+    UNet(1, 8, (1, 2), 1, 8, 10).load_state_dict(plain.state_dict())  # old checkpoints load
+    model = UNet(1, 8, (1, 2), 1, 8, 10, mean_flow=True).double()
+    torch.nn.init.normal_(model.conv_out.weight, std=0.1)  # not the zero start: u depends on all
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn((2, 1, 28, 28), generator=g, dtype=torch.float64)
+    v = torch.randn((2, 1, 28, 28), generator=g, dtype=torch.float64)
+    r = torch.tensor([0.1, 0.3], dtype=torch.float64)
+    t = torch.tensor([0.6, 0.3], dtype=torch.float64)
+    y = torch.tensor([3, 10])
+
+    def u(z, r, t):
+        return model(z, t, y, r=r)
+
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        _, du = torch.func.jvp(u, (x, r, t), (v, torch.ones_like(r), torch.zeros_like(t)))
+        h = 1e-6
+        fd = (u(x + h * v, r + h, t) - u(x - h * v, r - h, t)) / (2 * h)
+    assert float((du - fd).abs().max()) < 1e-6 * float(fd.abs().max())
+    with torch.no_grad():  # r = t: the instantaneous velocity is the r=None call
+        assert torch.equal(model(x, t, y, r=t), model(x, t, y))
