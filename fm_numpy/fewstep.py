@@ -2,7 +2,8 @@
 
 fm_numpy/train.py calls, per step (in this order of random draws: x1, t, x0, then
 sinkhorn's uniforms, the label dropout, then MeanFlow's (r, t)):
-    x0, t = hooks.couple(x0, x1, y, t, rng)    # perm of the noise; t = 0 when distilling
+    x0, t = hooks.couple(x0, x1, y, t, rng, data)  # reflow: the pairs' x0; then the perm
+                                                    # of the noise; t = 0 when distilling
     loss, dL/du = hooks.meanflow_loss(...)      # objective "meanflow" only
     hooks.step_done(seconds)                    # time of the whole step
 The coupling's share of the step time is shown in the progress bar ("cpl") and written to
@@ -52,7 +53,9 @@ class FewStepHooks:
         self.step_s = 0.0
         self.steps = 0
 
-    def couple(self, x0, x1, y, t, rng):
+    def couple(self, x0, x1, y, t, rng, data=None):
+        if self.config["pairs"] is not None:
+            x0 = data.x0[data.last_idx]  # the teacher's noise of the drawn pairs
         if self.config["distill"]:
             t = t * 0  # one-step student: regress x1 - x0 at t = 0 (x1 = x0 + v(x0, 0))
         if self.config["coupling"] == "independent":

@@ -101,10 +101,9 @@ class MLP:
         if self.mean_flow:  # only then in the config, so files without the key load as before
             self.config["mean_flow"] = True
         half = self.time_features // 2
-        self.freqs = np.exp(-np.log(10000.0) * np.arange(half) / half)  # (T/2,)
-        if self.mean_flow:
-            self.freqs *= MEAN_FLOW_TIME_RATE  # slower time features, see the constant
-        self.freqs = self.freqs.astype(self.dtype)
+        self.freqs = np.exp(-np.log(10000.0) * np.arange(half) / half).astype(self.dtype)  # (T/2,)
+        if self.mean_flow:  # slower time features, see the constant
+            self.freqs = (self.freqs * MEAN_FLOW_TIME_RATE).astype(self.dtype)
         label_features = self.time_features if self.num_classes else 0
         interval_features = self.time_features if self.mean_flow else 0  # phi(t - r)
         self.in_features = self.dim + self.time_features + label_features + interval_features
@@ -300,20 +299,20 @@ class MLP:
             raise ValueError(f"dx must have shape ({B}, {self.dim}), got {dx.shape}")
         P, D, T = self.params, self.dim, self.time_features
         slopes = self._silu_slopes(buf)
-        da = dx @ P["W0"][:D]  # (B, H)
+        da = dx @ self.params["W0"][:self.dim]  # (B, H)
         ds = np.broadcast_to(np.asarray(dt if r is None else dr, dtype=self.dtype), (B,))
         if np.any(ds != 0):
             da += _dphi(buf.targ, self.freqs, ds) @ P["W0"][D:D + T]  # (B, H)
         if r is not None:
-            dh = np.broadcast_to(np.asarray(dt, dtype=self.dtype) - np.asarray(dr, self.dtype),
-                                 (B,))  # tangent of t - r
-            if np.any(dh != 0):
+            d_interval = np.broadcast_to(
+                np.asarray(dt, dtype=self.dtype) - np.asarray(dr, self.dtype), (B,))  # of t - r
+            if np.any(d_interval != 0):
                 interval = self._check_t(t, B) - self._check_t(r, B)  # (B,)
                 targ = (1000 * interval)[:, None] * self.freqs  # (B, T/2)
-                da += _dphi(targ, self.freqs, dh) @ P["W0"][-T:]  # (B, H)
+                da += _dphi(targ, self.freqs, d_interval) @ P["W0"][-T:]  # (B, H)
         for i in range(self.depth):
-            dh_i = slopes[i] * da  # (B, H)
-            da = dh_i @ P[f"W{i + 1}"]  # (B, H) or (B, D) at the last layer
+            dh = slopes[i] * da  # (B, H)
+            da = dh @ self.params[f"W{i + 1}"]  # (B, H) or (B, D) at the last layer
         return v, da
 
     def divergence(self, x, t, y=None):

@@ -50,8 +50,8 @@ def load_pairs(path):
 
 
 class PairData:
-    """Fixed (x0, x1 [, y]) pairs as the training loop's data: `draw` picks indices,
-    `noise` returns the x0 of the same indices (no fresh noise is drawn)."""
+    """Fixed (x0, x1 [, y]) pairs as the training loop's data: `draw` picks indices (kept
+    in `last_idx`); the loop's hook then takes x0[last_idx] in place of its fresh noise."""
 
     def __init__(self, path, dtype):
         x0, x1, y, meta = load_pairs(path)
@@ -60,14 +60,11 @@ class PairData:
         self.y = y
         self.dim = self.x1.shape[1]
         self.num_classes = meta.get("num_classes")
-        self._idx = None
+        self.last_idx = None
 
     def draw(self, rng, B):
-        self._idx = rng.integers(0, len(self.x1), B)  # (B,)
-        return self.x1[self._idx], (None if self.y is None else self.y[self._idx])
-
-    def noise(self, rng, shape):
-        return self.x0[self._idx]  # (B, D) the teacher's x0 of the drawn pairs
+        self.last_idx = rng.integers(0, len(self.x1), B)  # (B,)
+        return self.x1[self.last_idx], (None if self.y is None else self.y[self.last_idx])
 
 
 def pairs_meta(teacher, n, seed, method, steps, guidance=1.0):

@@ -145,9 +145,6 @@ class _ToyData:
 
         return sample_toy(self.name, B, rng, dtype=self.dtype), None
 
-    def noise(self, rng, shape):
-        return rng.standard_normal(shape, dtype=self.dtype)  # x0 ~ N(0, I)
-
 
 class _MnistData:
     num_classes = 10
@@ -161,13 +158,10 @@ class _MnistData:
             images, labels = images[:n_train], labels[:n_train]
         self.x = (images.reshape(len(images), 784) * 2 - 1).astype(dtype)  # (N, 784) in [-1, 1]
         self.y = np.asarray(labels, dtype=np.int64)
-        self.dtype = self.x.dtype
 
     def draw(self, rng, B):
         idx = rng.integers(0, len(self.x), B)
         return self.x[idx], self.y[idx]
-
-    noise = _ToyData.noise
 
 
 def _make_data(config):
@@ -239,8 +233,8 @@ def train(out, resume=False, progress=True, **settings):
             step_start = time.perf_counter()
             x1, y = data.draw(rng, B)  # (B, D), (B,) or None
             t = rng.random(B, dtype=dtype)  # (B,)
-            x0 = data.noise(rng, (B, D))  # (B, D)
-            x0, t = hooks.couple(x0, x1, y, t, rng)  # re-paired noise; t = 0 when distilling
+            x0 = rng.standard_normal((B, D), dtype=dtype)  # (B, D)
+            x0, t = hooks.couple(x0, x1, y, t, rng, data)  # re-paired noise; distill: t = 0
             if C is not None and config["label_dropout"] > 0:
                 drop = rng.random(B) < config["label_dropout"]
                 y = np.where(drop, C, y)  # null class for classifier-free guidance

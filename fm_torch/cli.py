@@ -132,6 +132,8 @@ def cmd_sample(args):
     from fm_numpy.io import save_npz
     from fm_torch.train import load_model, save_image_grid, save_scatter
 
+    sample = _sample  # the ODE, or K average-velocity steps for MeanFlow with --method euler
+
     if args.steps < 1 or args.per_class < 1 or args.n < 1:
         raise ValueError("--steps, --per-class and -n must be positive integers")
     if not args.out.lower().endswith(".png"):
@@ -144,7 +146,8 @@ def cmd_sample(args):
     if checkpoint["config"]["data"] == "mnist":
         y = torch.arange(10).repeat_interleave(args.per_class)  # (N,) one row per class
         x0 = torch.randn((len(y), 1, 28, 28), generator=g)  # (N, 1, 28, 28)
-        xs, nfe = _sample(model, x0.to(device), y.to(device), args)  # (steps+1, N, 1, 28, 28)
+        xs, nfe = sample(model, x0.to(device), y.to(device), args.guidance, args.method,
+                         args.steps, return_nfe=True)  # (steps+1, N, 1, 28, 28)
         images = ((xs[:, :, 0].clamp(-1, 1) + 1) / 2).cpu().numpy()  # (steps+1, N, 28, 28)
         save_image_grid(args.out, images[-1], rows=10)
         # trajectory strip: one sample per class (rows), t = 0, 0.1, ..., 1 (columns)
@@ -159,7 +162,7 @@ def cmd_sample(args):
               f"{stem}_trajectory.png" + (f" and {args.npz}" if args.npz else ""))
         return 0
     x0 = torch.randn((args.n, 2), generator=g)  # (N, 2)
-    xs, nfe = _sample(model, x0.to(device), None, args)
+    xs, nfe = sample(model, x0.to(device), None, 1.0, args.method, args.steps, return_nfe=True)
     xs = xs.cpu().numpy()  # (steps+1, N, 2)
     save_scatter(args.out, xs[-1], f"{checkpoint['config']['data']}: {args.n} samples")
     _plot_trajectories_2d(xs, stem + "_trajectory.png")
@@ -170,17 +173,16 @@ def cmd_sample(args):
     return 0
 
 
-def _sample(model, x0, y, args):
-    """(trajectory, NFE): K average-velocity steps for a MeanFlow model with --method euler,
-    else the ODE of the (instantaneous) velocity."""
+def _sample(model, x0, y, guidance, method, steps, return_nfe=True):
+    """fm_torch.train.sample, or for a MeanFlow model with method "euler" K = steps
+    average-velocity steps (NFE K); returns (trajectory, NFE)."""
     from fm_torch.train import sample
 
-    guidance = args.guidance if y is not None else 1.0
-    if getattr(model, "mean_flow", False) and args.method == "euler":
+    if getattr(model, "mean_flow", False) and method == "euler":
         from fm_torch.meanflow import sample as meanflow_sample
 
-        return meanflow_sample(model, x0, args.steps, y, guidance), args.steps
-    return sample(model, x0, y, guidance, args.method, args.steps, return_nfe=True)
+        return meanflow_sample(model, x0, steps, y, guidance), int(steps)
+    return sample(model, x0, y, guidance, method, steps, return_nfe=return_nfe)
 
 
 def _plot_trajectories_2d(xs, path, n_paths=300):

@@ -2,12 +2,12 @@
 
 Per step, in the order of the generator's draws (idx, t, x0, sinkhorn's uniforms, label
 dropout, MeanFlow's (r, t)):
-    x0 = hooks.noise(idx, shape, gen)          # N(0, I), or the reflow pairs' x0[idx]
-    x0, t = hooks.couple(x0, x1, y, t, gen)    # perm of the noise; t = 0 when distilling
+    x0, t = hooks.couple(x0, x1, y, t, gen, idx)  # reflow: the pairs' x0[idx]; then the
+                                                   # perm of the noise; t = 0 when distilling
     loss, mse = hooks.meanflow_loss(...)        # objective "meanflow" only
     hooks.step_done()
-`noise` starts the step's clock; the coupling's share of the step time goes to the
-progress bar ("cpl") and to timing.json at every checkpoint (rank 0).
+`couple` starts the step's clock (after the draws); the coupling's share of the step
+time goes to the progress bar ("cpl") and to timing.json at every checkpoint (rank 0).
 """
 
 import time
@@ -34,13 +34,10 @@ class FewStepHooks(_NumpyHooks):
             self.x0_all, _ = shard(x0, None, rank, world_size)
         self._start = None
 
-    def noise(self, idx, shape, gen):
+    def couple(self, x0, x1, y, t, gen, idx=None):
         self._start = time.perf_counter()
         if self.x0_all is not None:
-            return self.x0_all[idx]  # the teacher's noise of the drawn pairs
-        return torch.randn(shape, generator=gen)
-
-    def couple(self, x0, x1, y, t, gen):
+            x0 = self.x0_all[idx]  # the teacher's noise of the drawn pairs
         if self.config["distill"]:
             t = torch.zeros_like(t)  # one-step student: x1 = x0 + v(x0, 0)
         if self.config["coupling"] == "independent":

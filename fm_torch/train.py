@@ -253,18 +253,19 @@ def _train(out, resume, progress, device, data_dir, config, world_size, rank, tq
             idx = torch.randint(0, len(x1_all), (B,), generator=gen)  # (B,)
             x1 = x1_all[idx]  # (B, ...)
             t = torch.rand(B, generator=gen)  # (B,)
-            x0 = hooks.noise(idx, x1.shape, gen)  # (B, ...) N(0, I), or the pairs' x0
+            x0 = torch.randn(x1.shape, generator=gen)  # (B, ...)
             y = None if C is None else y_all[idx]  # (B,)
-            x0, t = hooks.couple(x0, x1, y, t, gen)  # re-paired noise; t = 0 when distilling
+            x0, t = hooks.couple(x0, x1, y, t, gen, idx)  # re-paired noise; distill: t = 0
             if C is not None:
                 drop = torch.rand(B, generator=gen) < config["label_dropout"]
                 y = torch.where(drop, torch.full_like(y, C), y).to(device)  # null class for CFG
             x1, x0, t = x1.to(device), x0.to(device), t.to(device)
-            with autocast:
-                if hooks.meanflow:
-                    loss, logged = hooks.meanflow_loss(net, path, x1, y, x0, gen, device)
-                else:
-                    loss = logged = flow_matching_loss(net, path, x1, y, x0, t)
+            if hooks.meanflow:  # full precision: the JVP target is a small difference
+                loss, logged = hooks.meanflow_loss(net, path, x1, y, x0, gen, device)
+            else:
+                with autocast:
+                    loss = flow_matching_loss(net, path, x1, y, x0, t)
+                logged = loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             loss_value = logged.detach()

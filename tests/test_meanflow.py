@@ -1,4 +1,4 @@
-"""MeanFlow: the MLP's forward-mode JVP in (x, r, t), the loss and its gradients in both packages."""
+"""MeanFlow: the MLP JVP in (x, r, t), the loss and its gradients in both packages."""
 
 import numpy as np
 import pytest

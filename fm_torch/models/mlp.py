@@ -47,7 +47,9 @@ class MLP(nn.Module):
         for name, p in reference.params.items():
             self.register_parameter(name, nn.Parameter(torch.from_numpy(p.copy())))
         half = self.time_features // 2
-        freqs = torch.from_numpy(reference.freqs.astype(np.float64))  # (T/2,) numpy's rate
+        freqs = torch.exp(-np.log(10000.0) * torch.arange(half, dtype=torch.float64) / half)
+        if self.mean_flow:  # fm_numpy's slower rate (MEAN_FLOW_TIME_RATE), its very numbers
+            freqs = torch.from_numpy(reference.freqs.astype(np.float64))
         self.register_buffer("freqs", freqs.to(self.dtype), persistent=False)  # (T/2,)
 
     def extra_repr(self):

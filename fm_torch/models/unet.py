@@ -180,7 +180,7 @@ class UNet(nn.Module):
             emb = emb + self.interval_mlp(
                 time_features((t - t_x) * MEAN_FLOW_TIME_RATE, self.n_time))  # (B, 4C)
         else:
-            emb = self.time_mlp(time_features(t_x, self.n_time))  # (B, 4C)
+            emb = self.time_mlp(time_features(t, self.n_time))  # (B, 4C)
         if self.label_emb is not None:
             if y is None:
                 y = torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
