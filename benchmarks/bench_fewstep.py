@@ -1,11 +1,11 @@
 """Few-step generation in 2-D: quality against NFE for independent, ot, reflow-2, MeanFlow.
 
 For 8gaussians and checkerboard, four fm_numpy MLPs (256 x 3, batch 512, Adam 2e-3) are
-trained with the training loop itself (fm_numpy.train.train, one run folder each under
-runs/bench/fewstep/):
+trained for 1500 steps (quick: 400) by the training loop itself (fm_numpy.train.train,
+one run folder each under runs/bench/fewstep/):
   - independent: flow matching on independent pairs (the teacher of reflow);
   - ot: minibatch exact OT pairs (`coupling="ot"`, blocks of 128);
-  - reflow-2: a fresh student on 20,000 pairs (x0, ODE_teacher(x0)) (rk4, 20 steps);
+  - reflow-2: a fresh student on 10,000 pairs (x0, ODE_teacher(x0)) (rk4, 20 steps);
   - meanflow: the average-velocity objective (meanflow_ratio 0.5).
 Each is sampled from one seeded x0 batch with Euler at 1, 2, 4, 8, 40 NFE (MeanFlow:
 K average-velocity steps) and scored by the energy distance to fresh data (V-statistic,
@@ -72,7 +72,7 @@ def quality(quick):
     from fm_numpy.metrics import energy_distance, noise_floor
     from fm_numpy.straightness import straightness
 
-    steps, pairs, n = (400, 4000, 1000) if quick else (4000, 20000, 4000)
+    steps, pairs, n = (400, 4000, 1000) if quick else (1500, 10000, 2000)
     results, floors, times = {}, {}, {}
     for name in DATASETS:
         models, times[name] = _train_all(name, steps, pairs, quick)
