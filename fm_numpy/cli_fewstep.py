@@ -26,11 +26,15 @@ def add_fewstep_train_arguments(p):
                    help="fm (velocity) or meanflow (average velocity, few-step; default fm)")
     p.add_argument("--meanflow-ratio", type=float,
                    help="MeanFlow: fraction of samples with r != t (default 0.25)")
+    p.add_argument("--meanflow-norm-p", type=float,
+                   help="MeanFlow: power p of the adaptive weight 1/(m + 1e-3)^p "
+                        "(default 1; 0 = plain L2)")
 
 
 def fewstep_settings(args):
     return dict(coupling=args.coupling, coupling_block=args.coupling_block,
-                objective=args.objective, meanflow_ratio=args.meanflow_ratio)
+                objective=args.objective, meanflow_ratio=args.meanflow_ratio,
+                meanflow_norm_p=args.meanflow_norm_p)
 
 
 def add_reflow_arguments(p, teacher_help, method_default):

@@ -33,6 +33,9 @@ def check_fewstep_settings(config):
     ratio = config["meanflow_ratio"]
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1:
         raise ValueError(f"meanflow_ratio must lie in [0, 1], got {ratio!r}")
+    p = config["meanflow_norm_p"]
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 2:
+        raise ValueError(f"meanflow_norm_p must lie in [0, 2], got {p!r}")
     if config["pairs"] is not None and not isinstance(config["pairs"], str):
         raise ValueError(f"pairs must be the path of a pairs .npz, got {config['pairs']!r}")
     if not isinstance(config["distill"], bool):
@@ -71,7 +74,8 @@ class FewStepHooks:
         from fm_numpy.meanflow import meanflow_loss, sample_r_t
 
         r, t = sample_r_t(rng, len(x1), self.config["meanflow_ratio"], dtype=x1.dtype)
-        return meanflow_loss(model, self.path, x0, x1, y, r, t)
+        return meanflow_loss(model, self.path, x0, x1, y, r, t,
+                             norm_p=self.config["meanflow_norm_p"])
 
     def step_done(self, seconds):
         self.step_s += seconds

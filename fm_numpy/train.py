@@ -40,7 +40,7 @@ DEFAULTS = {
     "time_features": 32, "scheduler": "condot", "seed": 0, "ckpt_every": 1000,
     "label_dropout": 0.1, "weight_decay": 0.0, "max_grad_norm": None, "dtype": "float32",
     "n_train": None, "coupling": "independent", "coupling_block": None, "objective": "fm",
-    "meanflow_ratio": 0.25, "pairs": None, "distill": False,
+    "meanflow_ratio": 0.25, "meanflow_norm_p": 1.0, "pairs": None, "distill": False,
 }
 MNIST_DEFAULTS = {"steps": 3000, "batch": 128, "lr": 1e-3, "hidden": 512, "depth": 3}
 

@@ -53,7 +53,8 @@ class FewStepHooks(_NumpyHooks):
         from fm_torch.meanflow import meanflow_loss, sample_r_t
 
         r, t = sample_r_t(gen, len(x1), self.config["meanflow_ratio"], dtype=x1.dtype)
-        return meanflow_loss(net, path, x1, y, x0, r.to(device), t.to(device))
+        return meanflow_loss(net, path, x1, y, x0, r.to(device), t.to(device),
+                             norm_p=self.config["meanflow_norm_p"])
 
     def step_done(self, seconds=None):
         super().step_done(time.perf_counter() - self._start if seconds is None else seconds)

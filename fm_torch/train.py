@@ -57,7 +57,7 @@ DEFAULTS = {
     "base": 32, "mults": [1, 2, 2], "res_blocks": 1, "sample_every": 1000, "n_train": None,
     "toy_pool": 100_000, "bf16": False, "compile": False,
     "coupling": "independent", "coupling_block": None, "objective": "fm",
-    "meanflow_ratio": 0.25, "pairs": None, "distill": False,
+    "meanflow_ratio": 0.25, "meanflow_norm_p": 1.0, "pairs": None, "distill": False,
 }
 MNIST_DEFAULTS = {"steps": 3000, "batch": 128, "lr": 1e-3, "weight_decay": 0.0}
 
