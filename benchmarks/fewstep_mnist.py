@@ -53,8 +53,8 @@ def main(argv=None):
         out = os.path.join(RUNS, method)
         start = time.perf_counter()
         resume = os.path.exists(os.path.join(out, "checkpoint.npz"))
-        model, _ = train(out, resume=resume, progress=False, data="mnist", steps=args.steps,
-                         ckpt_every=500, **extra)
+        model, _ = train(out, resume=resume, progress=False, data="mnist", arch="mlp",
+                         steps=args.steps, ckpt_every=500, **extra)
         seconds = time.perf_counter() - start
         for nfe in (1, 2, 4) + ((40,) if method == "fm" else ()):
             images, y = _images(method, model, args.n, nfe)

@@ -40,6 +40,9 @@ def check_fewstep_settings(config):
         raise ValueError(f"pairs must be the path of a pairs .npz, got {config['pairs']!r}")
     if not isinstance(config["distill"], bool):
         raise ValueError(f"distill must be true or false, got {config['distill']!r}")
+    if config["objective"] == "meanflow" and config.get("arch", "mlp") != "mlp":
+        raise ValueError(f"objective meanflow needs --arch mlp (the {config['arch']} network "
+                         f"has no second time input r)")
     if config["distill"] and config["objective"] != "fm":
         raise ValueError("distill trains a one-step flow-matching student; use objective fm")
     if config["pairs"] is not None and config["coupling"] != "independent":

@@ -100,13 +100,13 @@ def reflow(teacher, pairs, out, seed=0, method="rk4", solver_steps=20, guidance=
     (regenerating would give the same bits; reuse saves the solve on --resume).
     Returns (model, losses) of the student.
     """
-    from fm_numpy.mlp import MLP
+    from fm_numpy.models import load_model
     from fm_numpy.train import train
 
     out = os.fspath(out)
     pairs_path = os.path.join(out, "pairs.npz")
     meta = pairs_meta(teacher, pairs, seed, method, solver_steps, guidance)
-    model = MLP.from_npz(teacher)
+    model = load_model(teacher)  # the MLP or the ResMLP its file describes
     if os.path.exists(pairs_path):
         old = load_pairs(pairs_path)[3]
         if {k: old.get(k) for k in meta} != meta:
