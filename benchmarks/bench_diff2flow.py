@@ -165,9 +165,9 @@ def finetune(args):
 
 
 def report(args):
-    from benchmarks.common import save_figure
-
     import matplotlib
+
+    from benchmarks.common import save_figure
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

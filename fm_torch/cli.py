@@ -134,7 +134,7 @@ def cmd_sample(args):
     import torch
 
     from fm_numpy.io import save_npz
-    from fm_torch.train import load_model, sample, save_image_grid, save_scatter
+    from fm_torch.train import load_model, save_image_grid, save_scatter
 
     if args.steps < 1 or args.per_class < 1 or args.n < 1:
         raise ValueError("--steps, --per-class and -n must be positive integers")
@@ -200,8 +200,8 @@ def _plot_trajectories_2d(xs, path, n_paths=300):
 
 
 # ---------------------------------------------------------------------- main
-from fm_torch.cli_likelihood import add_likelihood_parser  # noqa: E402  (H3's subcommand)
 from fm_torch.cli_diffusion import add_train_diffusion_parser  # noqa: E402  (issue 16)
+from fm_torch.cli_likelihood import add_likelihood_parser  # noqa: E402  (H3's subcommand)
 from fm_torch.evaluate import add_evaluate_parser  # noqa: E402  (H6's subcommand)
 
 SUBCOMMANDS = [add_train_parser, add_sample_parser, add_likelihood_parser, add_evaluate_parser,

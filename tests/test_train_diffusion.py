@@ -194,7 +194,8 @@ def test_flow_sample_starts_at_t_min_from_the_ddim_start():
                       dtype=torch.float64)
     xs, nfe = v.flow_sample(x_T, None, 1.0, "euler", 3, return_nfe=True)
     assert nfe == 3 and xs.shape == (4, 2, 1, 28, 28)
-    torch.testing.assert_close(xs[0], x_T * flow_time_table(SD)[-1] / math.sqrt(SD[-1]))  # 1/s = t/a
+    # x = x_T / s(t_min) with 1 / s = t / a
+    torch.testing.assert_close(xs[0], x_T * flow_time_table(SD)[-1] / math.sqrt(SD[-1]))
     grid = torch.linspace(v.t_min, 1, 4, dtype=torch.float64)
     torch.testing.assert_close(xs, odeint(lambda x, t: v(x, t), xs[0], grid, "euler"))
 
