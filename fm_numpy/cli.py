@@ -218,8 +218,9 @@ def cmd_sample(args):
 
 # ---------------------------------------------------------------------- main
 from fm_numpy.cli_likelihood import add_likelihood_parser  # noqa: E402  (H3's subcommand)
+from fm_numpy.conformance.cli import add_check_parser  # noqa: E402  (issue 15's subcommand)
 
-SUBCOMMANDS = [add_train_parser, add_sample_parser, add_likelihood_parser]
+SUBCOMMANDS = [add_train_parser, add_sample_parser, add_likelihood_parser, add_check_parser]
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
