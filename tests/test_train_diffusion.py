@@ -217,3 +217,27 @@ def test_diff2flow_loss_is_flow_matching_of_the_wrapped_network():
     torch.testing.assert_close(loss, expected)
     loss.backward()  # autograd reaches the U-Net through the affine wrapper
     assert net.conv_in.weight.grad is not None and net.conv_in.weight.grad.abs().sum() > 0
+
+
+def test_ddim_return_all_gives_every_state_in_both_packages():
+    import numpy as np
+
+    from fm_numpy.diffusion import ddim_sample as ddim_numpy
+
+    W = np.random.default_rng(6).standard_normal((2, 2))
+
+    def net_numpy(x, k, y=None):
+        return np.tanh(x @ W + np.asarray(k)[:, None] / 300)
+
+    def net_torch(x, k, y=None):
+        return torch.tanh(x @ torch.from_numpy(W) + k[:, None] / 300)
+
+    x_T = np.random.default_rng(7).standard_normal((5, 2))
+    states = ddim_numpy(net_numpy, x_T, DDPM.numpy(), 4, "v", return_all=True)
+    assert states.shape == (5, 5, 2)
+    np.testing.assert_array_equal(states[0], x_T)
+    np.testing.assert_array_equal(states[-1], ddim_numpy(net_numpy, x_T, DDPM.numpy(), 4, "v"))
+    np.testing.assert_array_equal(states[2], ddim_numpy(net_numpy, x_T, DDPM.numpy(), 4, "v",
+                                                        return_all=True)[2])
+    states_torch = ddim_sample(net_torch, torch.from_numpy(x_T), DDPM, 4, "v", return_all=True)
+    np.testing.assert_allclose(states_torch.numpy(), states, rtol=1e-10, atol=1e-10)
