@@ -117,11 +117,13 @@ def zeroshot(args):
                        "t_min": v.t_min})
 
 
-def _settings(run, ddpm):
+def _settings(run, ddpm, lr=None):
     from fm_torch.train_diffusion import apply_init_from
 
     base = dict(data="mnist", base=16, mults=[1, 2, 2], sample_every=10_000, ckpt_every=50,
                 **{k: v for k, v in FINETUNE.items() if k != "steps"})
+    if lr is not None:
+        base["lr"] = lr
     if run == "scratch":
         return base
     return apply_init_from(ddpm, run == "diff2flow", base)
@@ -154,8 +156,9 @@ def finetune(args):
     from fm_torch.train import load_model, train
 
     torch.set_num_threads(1)
-    settings = _settings(args.run, args.ddpm)
-    out = os.path.join(OUT, args.run)
+    settings = _settings(args.run, args.ddpm, args.lr)
+    name = args.run if args.lr is None else f"{args.run}_lr{args.lr:g}"
+    out = os.path.join(OUT, name)
     judge = _judge()
     curve = [dict(step=0, train_seconds=0.0, **_evaluate(_step0_model(args.run, settings), judge))]
     print(curve[-1], flush=True)
@@ -167,7 +170,7 @@ def finetune(args):
         model, _ = load_model(os.path.join(out, "ckpt.pt"))
         curve.append(dict(step=step, train_seconds=train_seconds, **_evaluate(model, judge)))
         print(curve[-1], flush=True)
-    _save(f"finetune_{args.run}", {"run": args.run, "curve": curve, "settings": settings,
+    _save(f"finetune_{name}", {"run": name, "curve": curve, "settings": settings,
                                    "eval": EVAL})
 
 
@@ -183,7 +186,7 @@ def report(args):
     with open(os.path.join(OUT, "zeroshot.json")) as f:
         zs = json.load(f)
     runs = {}
-    for run in ("diff2flow", "naive", "scratch"):
+    for run in ("diff2flow", "naive", "scratch", "diff2flow_lr0.0005"):
         path = os.path.join(OUT, f"finetune_{run}.json")
         if os.path.exists(path):
             with open(path) as f:
@@ -227,7 +230,8 @@ def report(args):
     axes[0].set_yticks([15, 20, 30, 50, 100, 150])
     axes[2].set_yticks([30, 50, 100, 200, 500, 1000, 1500])
     axes[0].set_title("zero-shot: DDPM (v-pred) sampled")
-    for run, style in (("diff2flow", "C3-o"), ("naive", "C4-s"), ("scratch", "C5-^")):
+    for run, style in (("diff2flow", "C3-o"), ("naive", "C4-s"), ("scratch", "C5-^"),
+                       ("diff2flow_lr0.0005", "C3--.")):
         if run in runs:
             c = runs[run]["curve"]
             axes[2].plot([p["step"] for p in c], [p["fd"] for p in c], style, label=run)
@@ -250,6 +254,7 @@ def main(argv=None):
     f = sub.add_parser("finetune")
     f.add_argument("--run", required=True, choices=("diff2flow", "naive", "scratch"))
     f.add_argument("--ddpm")
+    f.add_argument("--lr", type=float, help="another learning rate (default 2e-3 for all)")
     sub.add_parser("report")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
