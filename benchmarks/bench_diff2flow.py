@@ -186,7 +186,7 @@ def report(args):
     with open(os.path.join(OUT, "zeroshot.json")) as f:
         zs = json.load(f)
     runs = {}
-    for run in ("diff2flow", "naive", "scratch", "diff2flow_lr0.0005"):
+    for run in ("diff2flow", "naive", "scratch", "diff2flow_lr0.0005", "naive_lr0.0005"):
         path = os.path.join(OUT, f"finetune_{run}.json")
         if os.path.exists(path):
             with open(path) as f:
@@ -231,7 +231,7 @@ def report(args):
     axes[2].set_yticks([30, 50, 100, 200, 500, 1000, 1500])
     axes[0].set_title("zero-shot: DDPM (v-pred) sampled")
     for run, style in (("diff2flow", "C3-o"), ("naive", "C4-s"), ("scratch", "C5-^"),
-                       ("diff2flow_lr0.0005", "C3--.")):
+                       ("diff2flow_lr0.0005", "C3--."), ("naive_lr0.0005", "C4--.")):
         if run in runs:
             c = runs[run]["curve"]
             axes[2].plot([p["step"] for p in c], [p["fd"] for p in c], style, label=run)
