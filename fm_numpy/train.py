@@ -21,20 +21,24 @@ import threading
 import numpy as np
 
 from fm_numpy.io import load_npz, read_log, save_json, save_npz, write_log
-from fm_numpy.mlp import MLP
+from fm_numpy.models import ARCHITECTURES, model_class
 from fm_numpy.optim import Adam
 from fm_numpy.paths import AffinePath, make_scheduler
 
-__all__ = ["DEFAULTS", "MNIST_DEFAULTS", "TrainingDiverged", "TrainingInterrupted",
-           "DeferredSigint", "train", "resolve_config"]
+__all__ = ["DEFAULTS", "MNIST_DEFAULTS", "MNIST_RESMLP_DEFAULTS", "TrainingDiverged",
+           "TrainingInterrupted", "DeferredSigint", "train", "resolve_config"]
 
 DEFAULTS = {
     "data": "8gaussians", "steps": 6000, "batch": 512, "lr": 2e-3, "hidden": 256, "depth": 3,
     "time_features": 32, "scheduler": "condot", "seed": 0, "ckpt_every": 1000,
     "label_dropout": 0.1, "weight_decay": 0.0, "max_grad_norm": None, "dtype": "float32",
-    "n_train": None,
+    "n_train": None, "arch": "mlp",
 }
 MNIST_DEFAULTS = {"steps": 3000, "batch": 128, "lr": 1e-3, "hidden": 512, "depth": 3}
+# MNIST's default network: the residual LayerNorm MLP of fm_numpy/models/resmlp.py (issue 13;
+# docs/numpy.md); MNIST_DEFAULTS above stay those of `--arch mlp`
+MNIST_RESMLP_DEFAULTS = {"steps": 6000, "batch": 128, "lr": 1e-3, "hidden": 768, "depth": 4,
+                         "arch": "resmlp"}
 
 # settings that may change when a run is resumed; everything else must match the checkpoint
 _RESUMABLE = ("steps", "ckpt_every")
@@ -76,7 +80,7 @@ def resolve_config(**overrides):
     data = overrides.get("data") or DEFAULTS["data"]
     config = dict(DEFAULTS)
     if data == "mnist":
-        config.update(MNIST_DEFAULTS)
+        config.update(MNIST_DEFAULTS if overrides.get("arch") == "mlp" else MNIST_RESMLP_DEFAULTS)
     config.update({k: v for k, v in overrides.items() if v is not None})
     unknown = set(config) - set(DEFAULTS)
     if unknown:
@@ -113,6 +117,9 @@ def resolve_config(**overrides):
         raise ValueError(f"unknown data set {config['data']!r}; choose mnist or one of "
                          f"{', '.join(TOY_DATASETS)}")
     make_scheduler(config["scheduler"])  # raises ValueError for an unknown name
+    if config["arch"] not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {config['arch']!r}; choose one of "
+                         f"{', '.join(ARCHITECTURES)}")
     return config
 
 
@@ -186,8 +193,9 @@ def train(out, resume=False, progress=True, **settings):
 
     data = _make_data(config)
     dtype = np.dtype(config["dtype"])
-    model = MLP(data.dim, config["hidden"], config["depth"], config["time_features"],
-                data.num_classes, seed=config["seed"], dtype=dtype)
+    model = model_class(config["arch"])(data.dim, config["hidden"], config["depth"],
+                                        config["time_features"], data.num_classes,
+                                        seed=config["seed"], dtype=dtype)
     opt = Adam(model.params, lr=config["lr"], weight_decay=config["weight_decay"],
                decoupled=True, max_grad_norm=config["max_grad_norm"])
     rng = np.random.default_rng(config["seed"])
@@ -266,6 +274,7 @@ def _load_checkpoint(ckpt_path, config, model, opt, rng):
         if key not in arrays:
             raise ValueError(f"{ckpt_path} is not a training checkpoint (no {key!r})")
     saved = json.loads(str(arrays["config"]))
+    saved.setdefault("arch", "mlp")  # checkpoints from before --arch hold the MLP
     changed = [k for k in config if k not in _RESUMABLE and saved.get(k) != config[k]]
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {config[k]!r}" for k in changed)
