@@ -58,6 +58,7 @@ DEFAULTS = {
     "toy_pool": 100_000, "bf16": False, "compile": False,
     "coupling": "independent", "coupling_block": None, "objective": "fm",
     "meanflow_ratio": 0.25, "meanflow_norm_p": 1.0, "pairs": None, "distill": False,
+    "diffusion": None, "init_from": None,  # fm_torch/train_diffusion.py: DDPM, Diff2Flow
 }
 MNIST_DEFAULTS = {"steps": 3000, "batch": 128, "lr": 1e-3, "weight_decay": 0.0}
 
@@ -98,9 +99,16 @@ def resolve_config(**overrides):
     if config["max_grad_norm"] is not None and not config["max_grad_norm"] > 0:
         raise ValueError(f"max_grad_norm must be positive, got {config['max_grad_norm']}")
     make_scheduler(config["scheduler"])  # raises ValueError for an unknown name
+    if config["diffusion"] is not None:
+        from fm_torch.train_diffusion import check_diffusion_config
+
+        config["diffusion"] = check_diffusion_config(config["diffusion"], config["scheduler"])
     from fm_numpy.fewstep import check_fewstep_settings
 
     check_fewstep_settings(config)
+    if config["objective"] == "meanflow" and config["diffusion"] is not None:
+        raise ValueError("objective meanflow trains a flow; it cannot be combined with a "
+                         "diffusion objective")
     return config
 
 
@@ -132,7 +140,9 @@ def load_model(path, ema=True, map_location="cpu"):
     except RuntimeError as e:
         reason = str(e).splitlines()[0]
         raise ValueError(f"{path}: weights do not fit the model ({reason})") from None
-    return model.eval(), checkpoint
+    from fm_torch.train_diffusion import velocity_view  # a diffusion net as its flow
+
+    return velocity_view(config, model).eval(), checkpoint
 
 
 def flow_matching_loss(model, path, x1, y, x0, t):
@@ -219,11 +229,18 @@ def _train(out, resume, progress, device, data_dir, config, world_size, rank, tq
     hooks = FewStepHooks(config, out, rank, world_size)
     torch.manual_seed(config["seed"])  # the same initial weights in every process
     model = build_model(config).to(device)
+    if config["init_from"] is not None and not resume:
+        from fm_torch.train_diffusion import load_init_weights
+
+        load_init_weights(model, config)  # a fine-tune: start from that run's EMA weights
     ema = EMA(model, config["ema_decay"])
     opt = torch.optim.AdamW(model.parameters(), lr=config["lr"],
                             weight_decay=config["weight_decay"])
     gen = torch.Generator().manual_seed(config["seed"] + 1000 * rank)  # this rank's draws
     path = AffinePath(make_scheduler(config["scheduler"]))
+    from fm_torch.train_diffusion import training_loss, velocity_view
+
+    loss_fn = training_loss(config)  # flow_matching_loss, or a DDPM / Diff2Flow objective
     step = 0
     if resume:
         step = _load_state(ckpt_path, config, model, ema, opt, gen, rank, world_size)
@@ -264,7 +281,7 @@ def _train(out, resume, progress, device, data_dir, config, world_size, rank, tq
                 loss, logged = hooks.meanflow_loss(net, path, x1, y, x0, gen, device)
             else:
                 with autocast:
-                    loss = flow_matching_loss(net, path, x1, y, x0, t)
+                    loss = loss_fn(net, path, x1, y, x0, t)
                 logged = loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -313,7 +330,7 @@ def _train(out, resume, progress, device, data_dir, config, world_size, rank, tq
                 raise TrainingInterrupted(
                     f"interrupted at step {step}; checkpoint saved in {out}, resume to continue")
             if is_main and step % config["sample_every"] == 0:
-                _plot_progress(out, config, ema.model, step, device)
+                _plot_progress(out, config, velocity_view(config, ema.model), step, device)
     finally:
         sigint.__exit__(None, None, None)
         bar.close()
@@ -370,6 +387,8 @@ def sample(model, x0, y=None, guidance=1.0, method="midpoint", steps=20, return_
     """
     from fm_torch.solvers import ClassifierFreeGuidance, odeint
 
+    if hasattr(model, "flow_sample"):  # a diffusion model's flow starts at t_min (train_diffusion)
+        return model.flow_sample(x0, y, guidance, method, steps, return_nfe)
     if int(steps) < 1:
         raise ValueError(f"steps must be a positive integer, got {steps}")
     v = ClassifierFreeGuidance(model, y, guidance) if y is not None else (
