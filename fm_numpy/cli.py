@@ -135,6 +135,9 @@ def add_train_parser(subparsers):
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--out", default=None, help="run folder (default runs/<data>)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    from fm_numpy.cli_fewstep import add_fewstep_train_arguments
+
+    add_fewstep_train_arguments(p)
     p.set_defaults(func=cmd_train)
 
 
@@ -148,6 +151,9 @@ def cmd_train(args):
                     label_dropout=args.label_dropout, weight_decay=args.weight_decay,
                     max_grad_norm=args.max_grad_norm, dtype=args.dtype, n_train=args.n_train,
                     arch=args.arch)
+    from fm_numpy.cli_fewstep import fewstep_settings
+
+    settings.update(fewstep_settings(args))
     _, losses = train(out, resume=args.resume, progress=not args.no_progress, **settings)
     if losses:
         plot_loss(losses, os.path.join(out, "loss.png"))
@@ -195,7 +201,12 @@ def cmd_sample(args):
         labels = np.arange(args.n) % model.num_classes  # classes in turn
         field = ClassifierFreeGuidance(model, labels, args.guidance)
     t_grid = np.linspace(0.0, 1.0, args.steps + 1)
-    xs = odeint(field, x0, t_grid, method=args.method)  # (steps+1, N, D)
+    if getattr(model, "mean_flow", False) and args.method == "euler":  # MeanFlow: K u-steps
+        from fm_numpy.meanflow import sample as meanflow_sample
+
+        xs = meanflow_sample(model, x0, args.steps, labels, args.guidance)  # (steps+1, N, D)
+    else:
+        xs = odeint(field, x0, t_grid, method=args.method)  # (steps+1, N, D)
     x1 = xs[-1]
     stem = os.path.splitext(args.out)[0]
     if model.dim == 784:
@@ -222,10 +233,12 @@ def cmd_sample(args):
 
 
 # ---------------------------------------------------------------------- main
+from fm_numpy.cli_fewstep import add_reflow_parser  # noqa: E402  (issue 12's subcommand)
 from fm_numpy.cli_likelihood import add_likelihood_parser  # noqa: E402  (H3's subcommand)
 from fm_numpy.conformance.cli import add_check_parser  # noqa: E402  (issue 15's subcommand)
 
-SUBCOMMANDS = [add_train_parser, add_sample_parser, add_likelihood_parser, add_check_parser]
+SUBCOMMANDS = [add_train_parser, add_sample_parser, add_likelihood_parser, add_check_parser,
+               add_reflow_parser]
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

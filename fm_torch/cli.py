@@ -63,6 +63,9 @@ def add_train_parser(subparsers):
                    help="with --init-from a DDPM: train its DiffusionToFlow velocity (Diff2Flow)")
     p.add_argument("--out", default=None, help="run folder (default runs/<data>)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    from fm_numpy.cli_fewstep import add_fewstep_train_arguments
+
+    add_fewstep_train_arguments(p)
     p.set_defaults(func=cmd_train)
 
 
@@ -95,6 +98,9 @@ def cmd_train(args):
     from fm_torch.train_diffusion import apply_init_from  # --init-from, --diff2flow
 
     settings = apply_init_from(args.init_from, args.diff2flow, settings)
+    from fm_numpy.cli_fewstep import fewstep_settings
+
+    settings.update(fewstep_settings(args))
     _, losses = train(out, resume=args.resume, progress=not args.no_progress,
                       device=args.device, data_dir=args.data_dir, **settings)
     if losses and int(os.environ.get("RANK", "0")) == 0:
@@ -146,6 +152,8 @@ def cmd_sample(args):
     from fm_torch.cli_diffusion import sampler_for
 
     sample = sampler_for(checkpoint, args)  # a DDPM: its flow ODE (--as-flow) or DDIM
+    if getattr(model, "mean_flow", False):
+        sample = _sample  # MeanFlow: K average-velocity steps for --method euler
     g = torch.Generator().manual_seed(args.seed)
     stem = os.path.splitext(args.out)[0]
     if checkpoint["config"]["data"] == "mnist":
@@ -178,6 +186,18 @@ def cmd_sample(args):
     return 0
 
 
+def _sample(model, x0, y, guidance, method, steps, return_nfe=True):
+    """fm_torch.train.sample, or for a MeanFlow model with method "euler" K = steps
+    average-velocity steps (NFE K); returns (trajectory, NFE)."""
+    from fm_torch.train import sample
+
+    if getattr(model, "mean_flow", False) and method == "euler":
+        from fm_torch.meanflow import sample as meanflow_sample
+
+        return meanflow_sample(model, x0, steps, y, guidance), int(steps)
+    return sample(model, x0, y, guidance, method, steps, return_nfe=return_nfe)
+
+
 def _plot_trajectories_2d(xs, path, n_paths=300):
     import matplotlib
 
@@ -201,11 +221,12 @@ def _plot_trajectories_2d(xs, path, n_paths=300):
 
 # ---------------------------------------------------------------------- main
 from fm_torch.cli_diffusion import add_train_diffusion_parser  # noqa: E402  (issue 16)
+from fm_torch.cli_fewstep import add_reflow_parser  # noqa: E402  (issue 12's subcommand)
 from fm_torch.cli_likelihood import add_likelihood_parser  # noqa: E402  (H3's subcommand)
 from fm_torch.evaluate import add_evaluate_parser  # noqa: E402  (H6's subcommand)
 
 SUBCOMMANDS = [add_train_parser, add_sample_parser, add_likelihood_parser, add_evaluate_parser,
-               add_train_diffusion_parser]
+               add_train_diffusion_parser, add_reflow_parser]
 
 
 def build_parser():

@@ -15,6 +15,10 @@ Only rank 0 writes. A run folder holds config.json, loss.csv (step,loss,images_p
 ckpt.pt (model, EMA, optimizer, step, every rank's generator state; written atomically
 every ckpt_every steps, read with weights_only=True) and samples_<step>.png (every
 sample_every steps).
+
+Few-step hooks, as fm_numpy/train.py (fm_torch/fewstep.py): `coupling` re-pairs the noise
+in each batch, `objective="meanflow"` trains the average velocity (torch.func.jvp),
+`pairs` trains on fixed reflow pairs, `distill` fixes t = 0.
 """
 
 import os
@@ -52,6 +56,8 @@ DEFAULTS = {
     "label_dropout": 0.1, "weight_decay": 0.0, "max_grad_norm": 1.0, "ema_decay": 0.999,
     "base": 32, "mults": [1, 2, 2], "res_blocks": 1, "sample_every": 1000, "n_train": None,
     "toy_pool": 100_000, "bf16": False, "compile": False,
+    "coupling": "independent", "coupling_block": None, "objective": "fm",
+    "meanflow_ratio": 0.25, "meanflow_norm_p": 1.0, "pairs": None, "distill": False,
     "diffusion": None, "init_from": None,  # fm_torch/train_diffusion.py: DDPM, Diff2Flow
 }
 MNIST_DEFAULTS = {"steps": 3000, "batch": 128, "lr": 1e-3, "weight_decay": 0.0}
@@ -97,6 +103,12 @@ def resolve_config(**overrides):
         from fm_torch.train_diffusion import check_diffusion_config
 
         config["diffusion"] = check_diffusion_config(config["diffusion"], config["scheduler"])
+    from fm_numpy.fewstep import check_fewstep_settings
+
+    check_fewstep_settings(config)
+    if config["objective"] == "meanflow" and config["diffusion"] is not None:
+        raise ValueError("objective meanflow trains a flow; it cannot be combined with a "
+                         "diffusion objective")
     return config
 
 
@@ -106,11 +118,12 @@ def build_model(config):
         from fm_torch.models.unet import UNet
 
         return UNet(1, config["base"], tuple(config["mults"]), config["res_blocks"],
-                    config["time_features"], num_classes=10)
+                    config["time_features"], num_classes=10,
+                    mean_flow=config.get("objective") == "meanflow")
     from fm_torch.models.mlp import MLP
 
     return MLP(2, config["hidden"], config["depth"], config["time_features"], None,
-               seed=config["seed"])
+               seed=config["seed"], mean_flow=config.get("objective") == "meanflow")
 
 
 def load_model(path, ema=True, map_location="cpu"):
@@ -149,6 +162,11 @@ def _dist_info():
 
 
 def _make_data(config, data_dir, rank, world_size):
+    if config["pairs"] is not None:  # reflow: the teacher's x1 (and y) in place of the data
+        from fm_torch.reflow import pair_tensors
+
+        x0, x1, y = pair_tensors(config["pairs"])
+        return shard(x1, y, rank, world_size)
     if config["data"] == "mnist":
         x1, y = load_mnist_tensors("train", data_dir=data_dir)
         if config["n_train"] is not None:
@@ -206,6 +224,9 @@ def _train(out, resume, progress, device, data_dir, config, world_size, rank, tq
         raise ValueError(f"{out} already holds a run; resume it or choose another output folder")
 
     x1_all, y_all = _make_data(config, data_dir, rank, world_size)
+    from fm_torch.fewstep import FewStepHooks
+
+    hooks = FewStepHooks(config, out, rank, world_size)
     torch.manual_seed(config["seed"])  # the same initial weights in every process
     model = build_model(config).to(device)
     if config["init_from"] is not None and not resume:
@@ -250,17 +271,21 @@ def _train(out, resume, progress, device, data_dir, config, world_size, rank, tq
             x1 = x1_all[idx]  # (B, ...)
             t = torch.rand(B, generator=gen)  # (B,)
             x0 = torch.randn(x1.shape, generator=gen)  # (B, ...)
-            y = None
+            y = None if C is None else y_all[idx]  # (B,)
+            x0, t = hooks.couple(x0, x1, y, t, gen, idx)  # re-paired noise; distill: t = 0
             if C is not None:
-                y = y_all[idx]  # (B,)
                 drop = torch.rand(B, generator=gen) < config["label_dropout"]
                 y = torch.where(drop, torch.full_like(y, C), y).to(device)  # null class for CFG
             x1, x0, t = x1.to(device), x0.to(device), t.to(device)
-            with autocast:
-                loss = loss_fn(net, path, x1, y, x0, t)
+            if hooks.meanflow:  # full precision: the JVP target is a small difference
+                loss, logged = hooks.meanflow_loss(net, path, x1, y, x0, gen, device)
+            else:
+                with autocast:
+                    loss = loss_fn(net, path, x1, y, x0, t)
+                logged = loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            loss_value = loss.detach()
+            loss_value = logged.detach()
             if world_size > 1:
                 dist.all_reduce(loss_value)  # every rank sees a NaN and stops together
                 loss_value /= world_size
@@ -273,13 +298,15 @@ def _train(out, resume, progress, device, data_dir, config, world_size, rank, tq
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config["max_grad_norm"])
             opt.step()
             ema.update(model)
+            hooks.step_done()
             step += 1
             images += B * world_size
             rate = images / (time.perf_counter() - t_start)
             pending.append((step, loss_value, rate))
             if step % 10 == 0 or step == config["steps"]:
                 avg = sum(v for _, v, _ in pending[-50:]) / len(pending[-50:])
-                bar.set_postfix(loss=f"{avg:.4f}", img_s=f"{rate:.0f}", refresh=False)
+                bar.set_postfix(loss=f"{avg:.4f}", img_s=f"{rate:.0f}", refresh=False,
+                                **hooks.postfix())
             bar.update(1)
             stop = sigint.requested
             if world_size > 1:  # every rank stops at the same step when any rank saw SIGINT
@@ -295,6 +322,7 @@ def _train(out, resume, progress, device, data_dir, config, world_size, rank, tq
                 if is_main:
                     _write_losses(loss_path, pending, append=True)
                     _save_state(ckpt_path, config, model, ema, opt, states, step, world_size)
+                    hooks.save_timing()
                 losses.extend(pending)
                 pending = []
                 last_good = step
