@@ -135,6 +135,9 @@ def add_train_parser(subparsers):
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--out", default=None, help="run folder (default runs/<data>)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    from fm_numpy.cli_fewstep import add_fewstep_train_arguments
+
+    add_fewstep_train_arguments(p)
     p.set_defaults(func=cmd_train)
 
 
@@ -148,6 +151,9 @@ def cmd_train(args):
                     label_dropout=args.label_dropout, weight_decay=args.weight_decay,
                     max_grad_norm=args.max_grad_norm, dtype=args.dtype, n_train=args.n_train,
                     arch=args.arch)
+    from fm_numpy.cli_fewstep import fewstep_settings
+
+    settings.update(fewstep_settings(args))
     _, losses = train(out, resume=args.resume, progress=not args.no_progress, **settings)
     if losses:
         plot_loss(losses, os.path.join(out, "loss.png"))
@@ -199,6 +205,7 @@ def cmd_sample(args):
     if model.num_classes:
         field = lambda x, t, y: ClassifierFreeGuidance(model, y, args.guidance)(x, t)  # noqa: E731
     t_grid = np.linspace(0.0, 1.0, args.steps + 1)
+    mean_flow = getattr(model, "mean_flow", False) and args.method == "euler"
     head = []  # the first rows, for the plots (the rest only streams to the file)
     keep = 100 * (model.num_classes or 1) if image else 5000
     stem = os.path.splitext(args.out)[0]
@@ -213,8 +220,16 @@ def cmd_sample(args):
 
         writer.begin("images" if image else "samples",
                      (args.n, 28, 28) if image else (args.n, model.dim), model.dtype)
-        sample_in_chunks(field, lambda k: rng.standard_normal((k, model.dim)).astype(model.dtype),
-                         t_grid, args.method, args.chunk, y=labels, n=args.n, sink=sink)
+        if mean_flow:  # MeanFlow's K u-steps: the whole batch at once (not chunked)
+            from fm_numpy.meanflow import sample as meanflow_sample
+
+            x0 = rng.standard_normal((args.n, model.dim)).astype(model.dtype)  # (N, D)
+            x1_all = meanflow_sample(model, x0, args.steps, labels, args.guidance)[-1]
+            for lo in range(0, args.n, args.chunk):
+                sink(x1_all[lo:lo + args.chunk])
+        else:
+            sample_in_chunks(field, lambda k: rng.standard_normal((k, model.dim)).astype(
+                model.dtype), t_grid, args.method, args.chunk, y=labels, n=args.n, sink=sink)
         if image:
             writer.begin("labels", (args.n if labels is not None else 0,), np.int64)
             if labels is not None:
@@ -234,8 +249,13 @@ def cmd_sample(args):
             plot_samples_2d(x1, data, stem + "_samples.png")
         x0 = np.random.default_rng(args.seed).standard_normal((min(args.n, 300), 2)).astype(
             model.dtype)  # the first rows' x0 again: their whole paths, for the plot
-        plot_trajectories_2d(odeint(model, x0, t_grid, method=args.method),
-                             stem + "_trajectories.png")
+        if mean_flow:
+            from fm_numpy.meanflow import sample as meanflow_sample
+
+            xs = meanflow_sample(model, x0, args.steps, None, args.guidance)
+        else:
+            xs = odeint(model, x0, t_grid, method=args.method)  # (steps+1, <=300, 2)
+        plot_trajectories_2d(xs, stem + "_trajectories.png")
         plot_field_2d(model, stem + "_field.png")
         print(f"wrote {args.out} ({args.n} samples) and PNGs {stem}_*.png")
     else:
@@ -244,10 +264,12 @@ def cmd_sample(args):
 
 
 # ---------------------------------------------------------------------- main
+from fm_numpy.cli_fewstep import add_reflow_parser  # noqa: E402  (issue 12's subcommand)
 from fm_numpy.cli_likelihood import add_likelihood_parser  # noqa: E402  (H3's subcommand)
 from fm_numpy.conformance.cli import add_check_parser  # noqa: E402  (issue 15's subcommand)
 
-SUBCOMMANDS = [add_train_parser, add_sample_parser, add_likelihood_parser, add_check_parser]
+SUBCOMMANDS = [add_train_parser, add_sample_parser, add_likelihood_parser, add_check_parser,
+               add_reflow_parser]
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

@@ -61,8 +61,14 @@ def add_train_parser(subparsers):
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA only)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--init-from", help="fine-tune: start from this ckpt.pt's EMA weights")
+    p.add_argument("--diff2flow", action="store_true",
+                   help="with --init-from a DDPM: train its DiffusionToFlow velocity (Diff2Flow)")
     p.add_argument("--out", default=None, help="run folder (default runs/<data>)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    from fm_numpy.cli_fewstep import add_fewstep_train_arguments
+
+    add_fewstep_train_arguments(p)
     p.set_defaults(func=cmd_train)
 
 
@@ -90,7 +96,14 @@ def cmd_train(args):
                     sample_every=args.sample_every, label_dropout=args.label_dropout,
                     weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
                     ema_decay=args.ema_decay, n_train=args.n_train,
-                    bf16=args.bf16 or None, compile=args.compile or None)
+                    bf16=args.bf16 or None, compile=args.compile or None,
+                    diffusion=getattr(args, "diffusion", None))
+    from fm_torch.train_diffusion import apply_init_from  # --init-from, --diff2flow
+
+    settings = apply_init_from(args.init_from, args.diff2flow, settings)
+    from fm_numpy.cli_fewstep import fewstep_settings
+
+    settings.update(fewstep_settings(args))
     _, losses = train(out, resume=args.resume, progress=not args.no_progress,
                       device=args.device, data_dir=args.data_dir, sync_every=args.sync_every,
                       **settings)
@@ -117,6 +130,9 @@ def add_sample_parser(subparsers):
     p.add_argument("--npz", help="also write the samples to this .npz")
     p.add_argument("--chunk", type=int, default=1024,
                    help="samples integrated at a time (memory and speed; default 1024)")
+    from fm_torch.cli_diffusion import add_sample_options
+
+    add_sample_options(p)  # --as-flow, --sampler ddim
     p.set_defaults(func=cmd_sample)
 
 
@@ -143,6 +159,11 @@ def cmd_sample(args):
     device = torch.device(args.device)
     model, checkpoint = load_model(args.model, ema=not args.no_ema, map_location=device)
     model = model.to(device)
+    from fm_torch.cli_diffusion import sampler_for
+
+    chosen = sampler_for(checkpoint, args)  # a DDPM: its flow ODE (--as-flow) or DDIM
+    if chosen is not sample or getattr(model, "mean_flow", False):
+        return _sample_whole(args, model, checkpoint, chosen)  # not chunked
     g = torch.Generator().manual_seed(args.seed)
     stem = os.path.splitext(args.out)[0]
     mnist = checkpoint["config"]["data"] == "mnist"
@@ -229,6 +250,61 @@ class _NoWriter:
         pass
 
 
+def _sample_whole(args, model, checkpoint, sample):
+    """A DDPM's samplers and MeanFlow: the whole batch at once, trajectory kept (not chunked)."""
+    import numpy as np
+    import torch
+
+    from fm_numpy.io import save_npz
+    from fm_torch.train import save_image_grid, save_scatter
+
+    device = torch.device(args.device)
+    if getattr(model, "mean_flow", False):
+        sample = _sample  # MeanFlow: K average-velocity steps for --method euler
+    g = torch.Generator().manual_seed(args.seed)
+    stem = os.path.splitext(args.out)[0]
+    if checkpoint["config"]["data"] == "mnist":
+        y = torch.arange(10).repeat_interleave(args.per_class)  # (N,) one row per class
+        x0 = torch.randn((len(y), 1, 28, 28), generator=g)  # (N, 1, 28, 28)
+        xs, nfe = sample(model, x0.to(device), y.to(device), args.guidance, args.method,
+                         args.steps, return_nfe=True)  # (steps+1, N, 1, 28, 28)
+        images = ((xs[:, :, 0].clamp(-1, 1) + 1) / 2).cpu().numpy()  # (steps+1, N, 28, 28)
+        save_image_grid(args.out, images[-1], rows=10)
+        # trajectory strip: one sample per class (rows), t = 0, 0.1, ..., 1 (columns)
+        first = np.arange(10) * args.per_class
+        strip = images[_strip_indices(args.steps)][:, first]  # (11, 10, 28, 28)
+        save_image_grid(stem + "_trajectory.png", strip.transpose(1, 0, 2, 3).reshape(-1, 28, 28),
+                        rows=10)
+        if args.npz:
+            save_npz(args.npz, images=images[-1].astype(np.float32), labels=y.numpy())
+        evals = nfe * (1 if args.guidance in (0.0, 1.0) else 2)  # guidance runs the model twice
+        print(f"wrote {args.out} ({len(y)} images, NFE {nfe}, {evals} model evaluations) and "
+              f"{stem}_trajectory.png" + (f" and {args.npz}" if args.npz else ""))
+        return 0
+    x0 = torch.randn((args.n, 2), generator=g)  # (N, 2)
+    xs, nfe = sample(model, x0.to(device), None, 1.0, args.method, args.steps, return_nfe=True)
+    xs = xs.cpu().numpy()  # (steps+1, N, 2)
+    save_scatter(args.out, xs[-1], f"{checkpoint['config']['data']}: {args.n} samples")
+    _plot_trajectories_2d(xs, stem + "_trajectory.png")
+    if args.npz:
+        save_npz(args.npz, samples=xs[-1])
+    print(f"wrote {args.out} ({args.n} samples, NFE {nfe}) and "
+          f"{stem}_trajectory.png" + (f" and {args.npz}" if args.npz else ""))
+    return 0
+
+
+def _sample(model, x0, y, guidance, method, steps, return_nfe=True):
+    """fm_torch.train.sample, or for a MeanFlow model with method "euler" K = steps
+    average-velocity steps (NFE K); returns (trajectory, NFE)."""
+    from fm_torch.train import sample
+
+    if getattr(model, "mean_flow", False) and method == "euler":
+        from fm_torch.meanflow import sample as meanflow_sample
+
+        return meanflow_sample(model, x0, steps, y, guidance), int(steps)
+    return sample(model, x0, y, guidance, method, steps, return_nfe=return_nfe)
+
+
 def _plot_trajectories_2d(xs, path, n_paths=300):
     import matplotlib
 
@@ -251,10 +327,13 @@ def _plot_trajectories_2d(xs, path, n_paths=300):
 
 
 # ---------------------------------------------------------------------- main
+from fm_torch.cli_diffusion import add_train_diffusion_parser  # noqa: E402  (issue 16)
+from fm_torch.cli_fewstep import add_reflow_parser  # noqa: E402  (issue 12's subcommand)
 from fm_torch.cli_likelihood import add_likelihood_parser  # noqa: E402  (H3's subcommand)
 from fm_torch.evaluate import add_evaluate_parser  # noqa: E402  (H6's subcommand)
 
-SUBCOMMANDS = [add_train_parser, add_sample_parser, add_likelihood_parser, add_evaluate_parser]
+SUBCOMMANDS = [add_train_parser, add_sample_parser, add_likelihood_parser, add_evaluate_parser,
+               add_train_diffusion_parser, add_reflow_parser]
 
 
 def build_parser():
