@@ -131,7 +131,7 @@ def _settings(run, ddpm, lr=None):
 
 @torch.no_grad()
 def _evaluate(model, judge):
-    from fm_torch.evaluate import sample_images
+    from fm_torch.cli_evaluate import sample_images
 
     start = time.perf_counter()
     images, labels, nfe = sample_images(model, EVAL["n"], 1.0, EVAL["method"], EVAL["steps"])

@@ -328,9 +328,9 @@ def _plot_trajectories_2d(xs, path, n_paths=300):
 
 # ---------------------------------------------------------------------- main
 from fm_torch.cli_diffusion import add_train_diffusion_parser  # noqa: E402  (issue 16)
+from fm_torch.cli_evaluate import add_evaluate_parser  # noqa: E402
 from fm_torch.cli_fewstep import add_reflow_parser  # noqa: E402  (issue 12's subcommand)
 from fm_torch.cli_likelihood import add_likelihood_parser  # noqa: E402  (H3's subcommand)
-from fm_torch.evaluate import add_evaluate_parser  # noqa: E402  (H6's subcommand)
 
 SUBCOMMANDS = [add_train_parser, add_sample_parser, add_likelihood_parser, add_evaluate_parser,
                add_train_diffusion_parser, add_reflow_parser]
