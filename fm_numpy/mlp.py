@@ -3,7 +3,7 @@
 Architecture (identical in fm_torch/models/mlp.py, parameter for parameter):
 
     freqs_k = exp(-log(10000) k / half),  k = 0..half-1,  half = time_features // 2
-    phi(t)  = [cos(1000 t freqs), sin(1000 t freqs)]                  # (B, time_features)
+    phi(t)  = [cos(s t freqs), sin(s t freqs)]   s = time_scale (1000)  # (B, time_features)
     h_0     = concat[x, phi(t), E[y]]        (E[y] only with num_classes; y=None -> null row)
     a_i     = h_i @ W{i} + b{i},   h_{i+1} = silu(a_i) = a_i * sigmoid(a_i),  i = 0..depth-1
     v       = h_depth @ W{depth} + b{depth}                            # (B, dim)
@@ -38,7 +38,7 @@ class _Buffers:
 
     def __init__(self, B, in_features, hidden, depth, half, dtype):
         self.h0 = np.empty((B, in_features), dtype)  # (B, D + T [+ T])
-        self.targ = np.empty((B, half), dtype)  # (B, T/2) time arguments 1000 t freqs
+        self.targ = np.empty((B, half), dtype)  # (B, T/2) time arguments s t freqs
         self.a = [np.empty((B, hidden), dtype) for _ in range(depth)]  # pre-activations
         self.s = [np.empty((B, hidden), dtype) for _ in range(depth)]  # sigmoid(a_i)
         self.h = [np.empty((B, hidden), dtype) for _ in range(depth)]  # h_{i+1} = silu(a_i)
@@ -55,13 +55,15 @@ class MLP:
     """
 
     def __init__(self, dim, hidden=256, depth=3, time_features=32, num_classes=None, seed=0,
-                 dtype=np.float32):
+                 dtype=np.float32, time_scale=1000.0):
         for name, value, low in (("dim", dim, 1), ("hidden", hidden, 1), ("depth", depth, 1),
                                  ("time_features", time_features, 2)):
             if int(value) != value or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value}")
         if time_features % 2:
             raise ValueError(f"time_features must be even, got {time_features}")
+        if not (isinstance(time_scale, (int, float, np.number)) and 0 < time_scale < np.inf):
+            raise ValueError(f"time_scale must be a positive finite number, got {time_scale!r}")
         if num_classes is not None and (int(num_classes) != num_classes or num_classes < 1):
             raise ValueError(f"num_classes must be a positive integer or None, got {num_classes}")
         self.dim, self.hidden, self.depth = int(dim), int(hidden), int(depth)
@@ -72,8 +74,9 @@ class MLP:
         self.config = {
             "dim": self.dim, "hidden": self.hidden, "depth": self.depth,
             "time_features": self.time_features, "num_classes": self.num_classes,
-            "seed": self.seed, "dtype": self.dtype.name,
+            "seed": self.seed, "dtype": self.dtype.name, "time_scale": float(time_scale),
         }
+        self.time_scale = float(time_scale)
         half = self.time_features // 2
         self.freqs = np.exp(-np.log(10000.0) * np.arange(half) / half).astype(self.dtype)  # (T/2,)
         label_features = self.time_features if self.num_classes else 0
@@ -162,7 +165,7 @@ class MLP:
         buf = self._get_buffers(B)
         h = buf.h0
         h[:, :D] = x
-        np.multiply((1000 * t)[:, None], self.freqs, out=buf.targ)  # (B, T/2)
+        np.multiply((self.time_scale * t)[:, None], self.freqs, out=buf.targ)  # (B, T/2)
         np.cos(buf.targ, out=h[:, D:D + half])
         np.sin(buf.targ, out=h[:, D + half:D + 2 * half])
         if self.num_classes:
@@ -335,4 +338,5 @@ def _read_config(arrays, path):
         raise ValueError(f"{path}: config is not valid JSON ({e})") from None
     if not isinstance(config, dict):
         raise ValueError(f"{path}: config is not a JSON object")
+    config.setdefault("time_scale", 1000.0)  # files from before the option: the old 1000 t
     return config

@@ -1,13 +1,16 @@
 """The flow-matching training loop (NumPy): regress the conditional velocity of an affine path.
 
-Each step, with one seeded generator rng:
-    x1 (, y) ~ data,   t ~ U[0, 1),   x0 ~ N(0, I),   (y -> null class with prob. label_dropout)
+Each step n, with one seeded generator rng:
+    x1 (, y) ~ data,   t ~ p(t) (uniform or logit-normal, fm_numpy.schedules),   x0 ~ N(0, I),
+    (y -> null class with prob. label_dropout)
     xt = alpha_t x1 + sigma_t x0,   ut = d_alpha_t x1 + d_sigma_t x0
     L = mean over batch and coordinates of (v_theta(xt, t, y) - ut)^2
-    dL/dv = 2 (v - ut) / (B D), then the MLP's manual backward and one Adam step.
+    dL/dv = 2 (v - ut) / (B D), then the MLP's manual backward and one Adam step at the
+    learning rate eta_n of the schedule, then the EMA update of the weights (fm_numpy.ema).
 
-A run folder holds config.json, loss.csv (step,loss), model.npz (the MLP) and
-checkpoint.npz (weights, Adam moments, the generator's state as JSON, the step), each
+A run folder holds config.json, loss.csv (step,loss), model.npz (the MLP with the EMA
+weights, for sampling) and checkpoint.npz (raw weights, EMA, Adam moments, the
+generator's state as JSON, the step), each
 written atomically every ckpt_every steps, so `resume=True` continues to exactly the
 weights an uninterrupted run reaches.
 """
@@ -20,10 +23,12 @@ import threading
 
 import numpy as np
 
+from fm_numpy.ema import EMA
 from fm_numpy.io import load_npz, read_log, save_json, save_npz, write_log
 from fm_numpy.mlp import MLP
 from fm_numpy.optim import Adam
 from fm_numpy.paths import AffinePath, make_scheduler
+from fm_numpy.schedules import LEGACY, RECIPE_DEFAULTS, horizon_changed, make_recipe
 
 __all__ = ["DEFAULTS", "MNIST_DEFAULTS", "TrainingDiverged", "TrainingInterrupted",
            "DeferredSigint", "train", "resolve_config"]
@@ -32,7 +37,7 @@ DEFAULTS = {
     "data": "8gaussians", "steps": 6000, "batch": 512, "lr": 2e-3, "hidden": 256, "depth": 3,
     "time_features": 32, "scheduler": "condot", "seed": 0, "ckpt_every": 1000,
     "label_dropout": 0.1, "weight_decay": 0.0, "max_grad_norm": None, "dtype": "float32",
-    "n_train": None,
+    "n_train": None, "ema_decay": 0.0, "time_scale": 1000.0, **RECIPE_DEFAULTS,
 }
 MNIST_DEFAULTS = {"steps": 3000, "batch": 128, "lr": 1e-3, "hidden": 512, "depth": 3}
 
@@ -113,6 +118,12 @@ def resolve_config(**overrides):
         raise ValueError(f"unknown data set {config['data']!r}; choose mnist or one of "
                          f"{', '.join(TOY_DATASETS)}")
     make_scheduler(config["scheduler"])  # raises ValueError for an unknown name
+    if not (real(config["time_scale"]) and 0 < config["time_scale"] < math.inf):
+        raise ValueError(f"time_scale must be a positive finite number, "
+                         f"got {config['time_scale']!r}")
+    if not (real(config["ema_decay"]) and 0 <= config["ema_decay"] < 1):
+        raise ValueError(f"ema_decay must lie in [0, 1), got {config['ema_decay']!r}")
+    make_recipe(config)  # lr schedule and time sampling: ValueError for a bad setting
     return config
 
 
@@ -187,14 +198,17 @@ def train(out, resume=False, progress=True, **settings):
     data = _make_data(config)
     dtype = np.dtype(config["dtype"])
     model = MLP(data.dim, config["hidden"], config["depth"], config["time_features"],
-                data.num_classes, seed=config["seed"], dtype=dtype)
+                data.num_classes, seed=config["seed"], dtype=dtype,
+                time_scale=config["time_scale"])
+    ema = EMA(model.params, config["ema_decay"])
+    lr_at, time_sampler = make_recipe(config)
     opt = Adam(model.params, lr=config["lr"], weight_decay=config["weight_decay"],
                decoupled=True, max_grad_norm=config["max_grad_norm"])
     rng = np.random.default_rng(config["seed"])
     path = AffinePath(make_scheduler(config["scheduler"]))
     step = 0
     if resume:
-        step = _load_checkpoint(ckpt_path, config, model, opt, rng)
+        step = _load_checkpoint(ckpt_path, config, model, opt, rng, ema)
         losses = _read_losses(loss_path, step)
         _write_losses(loss_path, losses, append=False)  # drop rows logged after the checkpoint
     else:
@@ -211,7 +225,7 @@ def train(out, resume=False, progress=True, **settings):
     try:
         while step < config["steps"]:
             x1, y = data.draw(rng, B)  # (B, D), (B,) or None
-            t = rng.random(B, dtype=dtype)  # (B,)
+            t = time_sampler.sample(B, rng, dtype)  # (B,)
             x0 = rng.standard_normal((B, D), dtype=dtype)  # (B, D)
             if C is not None and config["label_dropout"] > 0:
                 drop = rng.random(B) < config["label_dropout"]
@@ -225,7 +239,9 @@ def train(out, resume=False, progress=True, **settings):
                     f"loss is {loss} at step {step + 1}; stopped, the last good checkpoint "
                     f"(step {last_good}) is kept in {out}")
             diff *= 2.0 / diff.size  # dL/dv
+            opt.lr = lr_at(step)
             opt.step(model.backward(diff))
+            ema.update(model.params)
             step += 1
             pending.append((step, loss))
             if step % 100 == 0:
@@ -240,7 +256,7 @@ def train(out, resume=False, progress=True, **settings):
                 _write_losses(loss_path, pending, append=True)
                 losses.extend(pending)
                 pending = []
-                _save_checkpoint(out, ckpt_path, config, model, opt, rng, step)
+                _save_checkpoint(out, ckpt_path, config, model, opt, rng, step, ema)
                 last_good = step
             if sigint.requested:
                 raise TrainingInterrupted(
@@ -251,22 +267,26 @@ def train(out, resume=False, progress=True, **settings):
     return model, losses
 
 
-def _save_checkpoint(out, ckpt_path, config, model, opt, rng, step):
+def _save_checkpoint(out, ckpt_path, config, model, opt, rng, step, ema):
     arrays = {f"model.{k}": p for k, p in model.params.items()}
     arrays.update({f"adam.{k}": v for k, v in opt.state_dict().items()})
+    arrays.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
     save_npz(ckpt_path, step=np.array(step, dtype=np.int64),
              rng_state=np.array(json.dumps(rng.bit_generator.state)),
              config=np.array(json.dumps(config)), **arrays)
-    model.save_npz(os.path.join(out, "model.npz"))
+    # model.npz holds the EMA weights (what sampling uses), in MLP.save_npz's format
+    save_npz(os.path.join(out, "model.npz"), config=np.array(json.dumps(model.config)),
+             **ema.params)
 
 
-def _load_checkpoint(ckpt_path, config, model, opt, rng):
+def _load_checkpoint(ckpt_path, config, model, opt, rng, ema):
     arrays = load_npz(ckpt_path)
     for key in ("step", "rng_state", "config"):
         if key not in arrays:
             raise ValueError(f"{ckpt_path} is not a training checkpoint (no {key!r})")
-    saved = json.loads(str(arrays["config"]))
+    saved = {**LEGACY, "ema_decay": 0.0, **json.loads(str(arrays["config"]))}
     changed = [k for k in config if k not in _RESUMABLE and saved.get(k) != config[k]]
+    changed += ["steps"] if horizon_changed(saved, config) else []  # the lr decays over steps
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {config[k]!r}" for k in changed)
         raise ValueError(f"cannot resume {ckpt_path} with different settings ({diffs})")
@@ -276,5 +296,12 @@ def _load_checkpoint(ckpt_path, config, model, opt, rng):
             raise ValueError(f"{ckpt_path}: {key} is missing or has the wrong shape")
         p[...] = arrays[key]
     opt.load_state_dict({k[len("adam."):]: v for k, v in arrays.items() if k.startswith("adam.")})
+    ema_state = {k[len("ema."):]: v for k, v in arrays.items() if k.startswith("ema.")}
+    if ema_state:
+        ema.load_state_dict(ema_state)
+    else:  # a checkpoint from before the EMA: decay 0 there, so the average is the weights
+        ema.load_state_dict({**{f"param.{k}": p for k, p in model.params.items()},
+                             "updates": np.array(int(arrays["step"])),
+                             "decay": np.array(ema.decay)})
     rng.bit_generator.state = json.loads(str(arrays["rng_state"]))
     return int(arrays["step"])

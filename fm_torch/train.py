@@ -1,11 +1,12 @@
 """The flow-matching training loop (PyTorch): regress the conditional velocity of an affine path.
 
-Each step, with one seeded torch.Generator per process:
-    x1 (, y) ~ data shard,   t ~ U[0, 1),   x0 ~ N(0, I)
+Each step n, with one seeded torch.Generator per process:
+    x1 (, y) ~ data shard,   t ~ p(t) (uniform or logit-normal, fm_torch.schedules),   x0 ~ N(0, I)
     (y -> null class with probability label_dropout, for classifier-free guidance)
     xt = alpha_t x1 + sigma_t x0,   ut = d_alpha_t x1 + d_sigma_t x0
     L = mean over batch and coordinates of (v_theta(xt, t, y) - ut)^2
-then AdamW with gradient clipping and an EMA of the weights. The same arithmetic as
+then AdamW at the schedule's learning rate eta_n (written into its param_groups) with
+gradient clipping, and an EMA of the weights. The same arithmetic as
 fm_numpy/train.py; the model is the U-Net for MNIST and the MLP for 2-D toy sets.
 
 Under torchrun (WORLD_SIZE > 1) each process trains on its own shard of the data with
@@ -25,11 +26,13 @@ import torch.distributed as dist
 from torch.nn import functional as F
 
 from fm_numpy.io import atomic_path, read_log, save_json, write_log
+from fm_numpy.schedules import LEGACY, RECIPE_DEFAULTS, horizon_changed, make_recipe
 from fm_numpy.train import DeferredSigint, TrainingInterrupted
 from fm_torch.data import DATASETS, load_mnist_tensors, shard, toy_tensor
 from fm_torch.ema import EMA
 from fm_torch.io import load_checkpoint, save_checkpoint
 from fm_torch.paths import AffinePath, make_scheduler
+from fm_torch.schedules import TimeSampler, set_lr
 
 __all__ = [
     "DEFAULTS",
@@ -51,7 +54,8 @@ DEFAULTS = {
     "time_features": 32, "scheduler": "condot", "seed": 0, "ckpt_every": 1000,
     "label_dropout": 0.1, "weight_decay": 0.0, "max_grad_norm": 1.0, "ema_decay": 0.999,
     "base": 32, "mults": [1, 2, 2], "res_blocks": 1, "sample_every": 1000, "n_train": None,
-    "toy_pool": 100_000, "bf16": False, "compile": False,
+    "toy_pool": 100_000, "bf16": False, "compile": False, "time_scale": 1000.0,
+    **RECIPE_DEFAULTS,
 }
 MNIST_DEFAULTS = {"steps": 3000, "batch": 128, "lr": 1e-3, "weight_decay": 0.0}
 
@@ -92,6 +96,9 @@ def resolve_config(**overrides):
     if config["max_grad_norm"] is not None and not config["max_grad_norm"] > 0:
         raise ValueError(f"max_grad_norm must be positive, got {config['max_grad_norm']}")
     make_scheduler(config["scheduler"])  # raises ValueError for an unknown name
+    if not 0 < config["time_scale"] < float("inf"):
+        raise ValueError(f"time_scale must be a positive finite number, got {config['time_scale']}")
+    make_recipe(config)  # lr schedule and time sampling: ValueError for a bad setting
     return config
 
 
@@ -105,7 +112,7 @@ def build_model(config):
     from fm_torch.models.mlp import MLP
 
     return MLP(2, config["hidden"], config["depth"], config["time_features"], None,
-               seed=config["seed"])
+               seed=config["seed"], time_scale=config["time_scale"])
 
 
 def load_model(path, ema=True, map_location="cpu"):
@@ -205,6 +212,8 @@ def _train(out, resume, progress, device, data_dir, config, world_size, rank, tq
     opt = torch.optim.AdamW(model.parameters(), lr=config["lr"],
                             weight_decay=config["weight_decay"])
     gen = torch.Generator().manual_seed(config["seed"] + 1000 * rank)  # this rank's draws
+    lr_at, sampler = make_recipe(config)
+    time_sampler = TimeSampler(sampler.name, sampler.mean, sampler.std)
     path = AffinePath(make_scheduler(config["scheduler"]))
     step = 0
     if resume:
@@ -234,7 +243,7 @@ def _train(out, resume, progress, device, data_dir, config, world_size, rank, tq
         while step < config["steps"]:
             idx = torch.randint(0, len(x1_all), (B,), generator=gen)  # (B,)
             x1 = x1_all[idx]  # (B, ...)
-            t = torch.rand(B, generator=gen)  # (B,)
+            t = time_sampler.sample(B, gen)  # (B,)
             x0 = torch.randn(x1.shape, generator=gen)  # (B, ...)
             y = None
             if C is not None:
@@ -257,6 +266,7 @@ def _train(out, resume, progress, device, data_dir, config, world_size, rank, tq
                     f"checkpoint (step {last_good}) is kept in {out}")
             if config["max_grad_norm"] is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config["max_grad_norm"])
+            set_lr(opt, lr_at(step))
             opt.step()
             ema.update(model)
             step += 1
@@ -321,8 +331,9 @@ def _load_state(ckpt_path, config, model, ema, opt, gen, rank, world_size):
     for key in ("config", "model", "ema", "optimizer", "step", "rng"):
         if key not in checkpoint:
             raise ValueError(f"{ckpt_path} is not an fm-torch training checkpoint (no {key!r})")
-    saved = resolve_config(**checkpoint["config"])
+    saved = resolve_config(**{**LEGACY, **checkpoint["config"]})
     changed = [k for k in config if k not in _RESUMABLE and saved.get(k) != config[k]]
+    changed += ["steps"] if horizon_changed(saved, config) else []  # the lr decays over steps
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {config[k]!r}" for k in changed)
         raise ValueError(f"cannot resume {ckpt_path} with different settings ({diffs})")
