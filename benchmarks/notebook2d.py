@@ -72,7 +72,7 @@ def meta_mlp(seed):
             super().__init__()
             widths = [3] + [HIDDEN] * DEPTH
             layers = []
-            for a, b in zip(widths[:-1], widths[1:]):
+            for a, b in zip(widths[:-1], widths[1:], strict=True):
                 layers += [nn.Linear(a, b), Swish()]
             self.main = nn.Sequential(*layers, nn.Linear(HIDDEN, 2))
 
@@ -239,3 +239,81 @@ def run(trainers, seed, iterations=ITERATIONS, n_samples=N_SAMPLES, n_lik=N_LIK,
                             "log_lik": float(log_p.mean()),
                             "s_per_step": seconds[tr.name] / iterations}
     return results
+
+
+def medians(per_seed):
+    """{name: {metric: median over seeds}} of a list of run() results."""
+    names = per_seed[0].keys()
+    return {n: {k: float(np.median([r[n][k] for r in per_seed])) for k in per_seed[0][n]}
+            for n in names}
+
+
+def table(per_seed, seeds, iterations, batch):
+    """Markdown: one row per seed and library, then the medians, beside the truth."""
+    lines = [f"Meta's 2-D notebook recipe: checkerboard / 0.45, MLP {DEPTH} x {HIDDEN}, batch "
+             f"{batch}, Adam {LR:g}, {iterations} iterations, the same data stream for both; "
+             f"midpoint {STEPS} steps ({2 * STEPS} NFE), each library's solver. Sliced W1 "
+             f"({N_PROJ} directions) of the samples against fresh reference points, fraction "
+             f"inside the 8 squares, mean exact log-likelihood of fresh data points "
+             f"(truth {TRUE_LOG_P:.3f}).", "",
+             "| seed | library | sliced W1 | inside squares | log-likelihood | s / step |",
+             "|---|---|---:|---:|---:|---:|"]
+    for seed, res in zip(seeds, per_seed, strict=False):
+        for name, m in res.items():
+            lines.append(f"| {seed} | {name} | {m['sw1']:.4f} | {m['inside']:.4f} | "
+                         f"{m['log_lik']:.4f} | {m['s_per_step']:.3f} |")
+    for name, m in medians(per_seed).items():
+        lines.append(f"| median | {name} | **{m['sw1']:.4f}** | **{m['inside']:.4f}** | "
+                     f"**{m['log_lik']:.4f}** | {m['s_per_step']:.3f} |")
+    return "\n".join(lines)
+
+
+def compare(seeds=(0, 1, 2), iterations=ITERATIONS, batch=BATCH, recipes=("default",),
+            n_samples=N_SAMPLES, n_lik=N_LIK, log=print, json_path=None):
+    """Meta's notebook against our recipes, seed by seed; results so far go to json_path."""
+    import json
+
+    per_seed = []
+    for seed in seeds:
+        trainers = [MetaTrainer(seed)] + [OurTrainer(seed, r, iterations=iterations)
+                                          for r in recipes]
+        per_seed.append(run(trainers, seed, iterations, n_samples, n_lik, log, batch))
+        if json_path:
+            from fm_numpy.io import atomic_path
+
+            with atomic_path(json_path) as tmp, open(tmp, "w") as f:
+                json.dump({"seeds": list(seeds[:len(per_seed)]), "iterations": iterations,
+                           "batch": batch, "results": per_seed}, f, indent=1)
+    return per_seed
+
+
+def main(argv=None):
+    import argparse
+
+    import torch
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.notebook2d",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--iterations", type=int, default=ITERATIONS)
+    parser.add_argument("--batch", type=int, default=BATCH)
+    parser.add_argument("--recipes", default="default", help=f"of {', '.join(RECIPES)}")
+    parser.add_argument("--n-samples", type=int, default=N_SAMPLES)
+    parser.add_argument("--n-lik", type=int, default=N_LIK)
+    parser.add_argument("--json", help="write the results (after every seed) to this file")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    from benchmarks.bench_libraries import ensure_packages
+
+    notes = ensure_packages()
+    if notes:
+        raise SystemExit("; ".join(notes))
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    per_seed = compare(seeds, args.iterations, args.batch, tuple(args.recipes.split(",")),
+                       args.n_samples, args.n_lik, json_path=args.json,
+                       log=lambda s: print(s, flush=True))
+    print(table(per_seed, seeds, args.iterations, args.batch))
+
+
+if __name__ == "__main__":
+    main()

@@ -232,7 +232,7 @@ def test_torch_resume_is_bit_identical_with_the_recipe_on(tmp_path, monkeypatch)
                      **{**tiny, "steps": 80})
     resumed, _ = module.train(tmp_path / "part", resume=True, progress=False, device="cpu",
                               **tiny)
-    for (name, p), q in zip(full.state_dict().items(), resumed.state_dict().values()):
+    for (name, p), q in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(p, q), name
     a, b = (torch.load(tmp_path / f / "ckpt.pt", weights_only=True) for f in ("full", "part"))
     assert a["ema"]["updates"] == b["ema"]["updates"] == 60
