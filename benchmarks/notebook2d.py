@@ -29,7 +29,9 @@ N_SAMPLES, N_PROJ, N_LIK, STEPS = 50_000, 256, 2000, 20
 RECIPES = {
     "plain": dict(time_scale=1000.0),
     "t-scale 1": dict(time_scale=1.0),
-    "default": dict(time_scale=1.0, ema_decay=0.999, lr_schedule="cosine", warmup=100),
+    "t-features 2": dict(time_scale=1.0, time_features=2),
+    # the best measured so far (docs/benchmarks.md, issue 13): 2 time features of raw t
+    "default": dict(time_scale=1.0, time_features=2),
 }
 
 
@@ -156,7 +158,8 @@ class OurTrainer:
 
         options = dict(RECIPES[recipe], **overrides)
         self.name = f"fm_torch (ours, {recipe})"
-        self.model = MLP(2, HIDDEN, DEPTH, seed=seed, time_scale=options["time_scale"])
+        self.model = MLP(2, HIDDEN, DEPTH, options.get("time_features", 32), seed=seed,
+                         time_scale=options["time_scale"])
         self.opt = torch.optim.Adam(self.model.parameters(), lr=LR)
         self.lr = LRSchedule(options.get("lr_schedule", "constant"), LR,
                              options.get("iterations", ITERATIONS), options.get("warmup", 0))
