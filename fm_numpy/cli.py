@@ -115,11 +115,15 @@ def add_train_parser(subparsers):
     p = subparsers.add_parser("train", help="train an MLP velocity field by flow matching")
     p.add_argument("--data", default="8gaussians",
                    help="mnist or a 2-D toy set: moons, 8gaussians, checkerboard, spirals, circles")
-    p.add_argument("--steps", type=int, help="optimizer steps (default 6000; mnist 3000)")
+    p.add_argument("--steps", type=int, help="optimizer steps (default 6000; mnist 6000)")
     p.add_argument("--batch", type=int, help="batch size (default 512; mnist 128)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default 2e-3; mnist 1e-3)")
-    p.add_argument("--hidden", type=int, help="hidden width (default 256; mnist 512)")
-    p.add_argument("--depth", type=int, help="hidden layers (default 3)")
+    p.add_argument("--arch", choices=("mlp", "resmlp"),
+                   help="network: mlp (fm_numpy/mlp.py) or resmlp (residual LayerNorm MLP, "
+                        "fm_numpy/models/resmlp.py); default mlp, mnist resmlp")
+    p.add_argument("--hidden", type=int, help="hidden width (default 256; mnist 768)")
+    p.add_argument("--depth", type=int, help="hidden layers / residual blocks (default 3; "
+                                                "mnist 4)")
     p.add_argument("--time-features", type=int, help="time embedding size (default 32)")
     p.add_argument("--scheduler", help="path scheduler (default condot)")
     p.add_argument("--seed", type=int, help="seed of weights and data stream (default 0)")
@@ -136,6 +140,9 @@ def add_train_parser(subparsers):
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--out", default=None, help="run folder (default runs/<data>)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    from fm_numpy.cli_fewstep import add_fewstep_train_arguments
+
+    add_fewstep_train_arguments(p)
     p.set_defaults(func=cmd_train)
 
 
@@ -148,7 +155,10 @@ def cmd_train(args):
                     scheduler=args.scheduler, seed=args.seed, ckpt_every=args.ckpt_every,
                     label_dropout=args.label_dropout, weight_decay=args.weight_decay,
                     max_grad_norm=args.max_grad_norm, dtype=args.dtype, n_train=args.n_train,
-                    ema_decay=args.ema_decay, **recipe_settings(args))
+                    arch=args.arch, ema_decay=args.ema_decay, **recipe_settings(args))
+    from fm_numpy.cli_fewstep import fewstep_settings
+
+    settings.update(fewstep_settings(args))
     _, losses = train(out, resume=args.resume, progress=not args.no_progress, **settings)
     if losses:
         plot_loss(losses, os.path.join(out, "loss.png"))
@@ -181,12 +191,12 @@ def _run_config(model_path):
 
 def cmd_sample(args):
     from fm_numpy.io import save_npz
-    from fm_numpy.mlp import MLP
+    from fm_numpy.models import load_model
     from fm_numpy.solvers import ClassifierFreeGuidance, odeint
 
     if args.n < 1 or args.steps < 1:
         raise ValueError(f"-n and --steps must be positive, got {args.n} and {args.steps}")
-    model = MLP.from_npz(args.model)
+    model = load_model(args.model)  # the MLP or the ResMLP, from the file's config
     run = _run_config(args.model)
     rng = np.random.default_rng(args.seed)
     x0 = rng.standard_normal((args.n, model.dim)).astype(model.dtype)  # (N, D)
@@ -196,7 +206,12 @@ def cmd_sample(args):
         labels = np.arange(args.n) % model.num_classes  # classes in turn
         field = ClassifierFreeGuidance(model, labels, args.guidance)
     t_grid = np.linspace(0.0, 1.0, args.steps + 1)
-    xs = odeint(field, x0, t_grid, method=args.method)  # (steps+1, N, D)
+    if getattr(model, "mean_flow", False) and args.method == "euler":  # MeanFlow: K u-steps
+        from fm_numpy.meanflow import sample as meanflow_sample
+
+        xs = meanflow_sample(model, x0, args.steps, labels, args.guidance)  # (steps+1, N, D)
+    else:
+        xs = odeint(field, x0, t_grid, method=args.method)  # (steps+1, N, D)
     x1 = xs[-1]
     stem = os.path.splitext(args.out)[0]
     if model.dim == 784:
@@ -223,9 +238,12 @@ def cmd_sample(args):
 
 
 # ---------------------------------------------------------------------- main
+from fm_numpy.cli_fewstep import add_reflow_parser  # noqa: E402  (issue 12's subcommand)
 from fm_numpy.cli_likelihood import add_likelihood_parser  # noqa: E402  (H3's subcommand)
+from fm_numpy.conformance.cli import add_check_parser  # noqa: E402  (issue 15's subcommand)
 
-SUBCOMMANDS = [add_train_parser, add_sample_parser, add_likelihood_parser]
+SUBCOMMANDS = [add_train_parser, add_sample_parser, add_likelihood_parser, add_check_parser,
+               add_reflow_parser]
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

@@ -13,6 +13,12 @@ weights, for sampling) and checkpoint.npz (raw weights, EMA, Adam moments, the
 generator's state as JSON, the step), each
 written atomically every ckpt_every steps, so `resume=True` continues to exactly the
 weights an uninterrupted run reaches.
+
+Few-step hooks (docs/math.md, "Few-step generation"): `coupling` re-pairs x0 with x1 in
+each batch (fm_numpy.coupling; its share of the step time goes to the progress bar and
+timing.json); `objective="meanflow"` trains the average velocity u(z, r, t) instead
+(fm_numpy.meanflow; the uniform t above is then unused); `pairs` (an .npz of fixed
+(x0, x1) pairs, fm_numpy.reflow) replaces the data and the noise, and `distill` fixes t = 0.
 """
 
 import json
@@ -20,26 +26,33 @@ import math
 import os
 import signal
 import threading
+import time
 
 import numpy as np
 
 from fm_numpy.ema import EMA
 from fm_numpy.io import load_npz, read_log, save_json, save_npz, write_log
-from fm_numpy.mlp import MLP
+from fm_numpy.models import ARCHITECTURES, model_class
 from fm_numpy.optim import Adam
 from fm_numpy.paths import AffinePath, make_scheduler
 from fm_numpy.schedules import LEGACY, RECIPE_DEFAULTS, horizon_changed, make_recipe
 
-__all__ = ["DEFAULTS", "MNIST_DEFAULTS", "TrainingDiverged", "TrainingInterrupted",
-           "DeferredSigint", "train", "resolve_config"]
+__all__ = ["DEFAULTS", "MNIST_DEFAULTS", "MNIST_RESMLP_DEFAULTS", "TrainingDiverged",
+           "TrainingInterrupted", "DeferredSigint", "train", "resolve_config"]
 
 DEFAULTS = {
     "data": "8gaussians", "steps": 6000, "batch": 512, "lr": 2e-3, "hidden": 256, "depth": 3,
     "time_features": 32, "scheduler": "condot", "seed": 0, "ckpt_every": 1000,
     "label_dropout": 0.1, "weight_decay": 0.0, "max_grad_norm": None, "dtype": "float32",
-    "n_train": None, "ema_decay": 0.0, "time_scale": 1000.0, **RECIPE_DEFAULTS,
+    "n_train": None, "arch": "mlp", "coupling": "independent", "coupling_block": None,
+    "objective": "fm", "meanflow_ratio": 0.25, "meanflow_norm_p": 1.0, "pairs": None,
+    "distill": False, "ema_decay": 0.0, "time_scale": 1000.0, **RECIPE_DEFAULTS,
 }
 MNIST_DEFAULTS = {"steps": 3000, "batch": 128, "lr": 1e-3, "hidden": 512, "depth": 3}
+# MNIST's default network: the residual LayerNorm MLP of fm_numpy/models/resmlp.py (issue 13;
+# docs/numpy.md); MNIST_DEFAULTS above stay those of `--arch mlp`
+MNIST_RESMLP_DEFAULTS = {"steps": 6000, "batch": 128, "lr": 1e-3, "hidden": 768, "depth": 4,
+                         "arch": "resmlp"}
 
 # settings that may change when a run is resumed; everything else must match the checkpoint
 _RESUMABLE = ("steps", "ckpt_every")
@@ -81,14 +94,15 @@ def resolve_config(**overrides):
     data = overrides.get("data") or DEFAULTS["data"]
     config = dict(DEFAULTS)
     if data == "mnist":
-        config.update(MNIST_DEFAULTS)
+        config.update(MNIST_DEFAULTS if overrides.get("arch") == "mlp" else MNIST_RESMLP_DEFAULTS)
     config.update({k: v for k, v in overrides.items() if v is not None})
     unknown = set(config) - set(DEFAULTS)
     if unknown:
         raise ValueError(f"unknown training settings: {', '.join(sorted(unknown))}")
-    for key in ("steps", "batch", "hidden", "depth", "ckpt_every", "time_features", "n_train"):
+    for key in ("steps", "batch", "hidden", "depth", "ckpt_every", "time_features", "n_train",
+                "coupling_block"):
         value = config[key]
-        if key == "n_train" and value is None:
+        if key in ("n_train", "coupling_block") and value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or (
                 not math.isfinite(value) or int(value) != value or value < 1):
@@ -118,6 +132,12 @@ def resolve_config(**overrides):
         raise ValueError(f"unknown data set {config['data']!r}; choose mnist or one of "
                          f"{', '.join(TOY_DATASETS)}")
     make_scheduler(config["scheduler"])  # raises ValueError for an unknown name
+    if config["arch"] not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {config['arch']!r}; choose one of "
+                         f"{', '.join(ARCHITECTURES)}")
+    from fm_numpy.fewstep import check_fewstep_settings
+
+    check_fewstep_settings(config)
     if not (real(config["time_scale"]) and 0 < config["time_scale"] < math.inf):
         raise ValueError(f"time_scale must be a positive finite number, "
                          f"got {config['time_scale']!r}")
@@ -164,6 +184,10 @@ class _MnistData:
 
 
 def _make_data(config):
+    if config["pairs"] is not None:
+        from fm_numpy.reflow import PairData
+
+        return PairData(config["pairs"], config["dtype"])
     if config["data"] == "mnist":
         return _MnistData(config["dtype"], config["n_train"])
     return _ToyData(config["data"], config["dtype"])
@@ -197,9 +221,12 @@ def train(out, resume=False, progress=True, **settings):
 
     data = _make_data(config)
     dtype = np.dtype(config["dtype"])
-    model = MLP(data.dim, config["hidden"], config["depth"], config["time_features"],
-                data.num_classes, seed=config["seed"], dtype=dtype,
-                time_scale=config["time_scale"])
+    mean_flow = {"mean_flow": True} if config["objective"] == "meanflow" else {}
+    time_scale = {"time_scale": config["time_scale"]} if config["arch"] == "mlp" else {}
+    model = model_class(config["arch"])(data.dim, config["hidden"], config["depth"],
+                                        config["time_features"], data.num_classes,
+                                        seed=config["seed"], dtype=dtype, **mean_flow,
+                                        **time_scale)
     ema = EMA(model.params, config["ema_decay"])
     lr_at, time_sampler = make_recipe(config)
     opt = Adam(model.params, lr=config["lr"], weight_decay=config["weight_decay"],
@@ -217,6 +244,9 @@ def train(out, resume=False, progress=True, **settings):
     save_json(os.path.join(out, "config.json"), config)
 
     B, D, C = config["batch"], data.dim, data.num_classes
+    from fm_numpy.fewstep import FewStepHooks
+
+    hooks = FewStepHooks(config, path, out)
     pending = []
     last_good = step
     bar = tqdm(total=config["steps"], initial=step, disable=not progress, desc="train",
@@ -224,29 +254,36 @@ def train(out, resume=False, progress=True, **settings):
     sigint = DeferredSigint().__enter__()
     try:
         while step < config["steps"]:
+            step_start = time.perf_counter()
             x1, y = data.draw(rng, B)  # (B, D), (B,) or None
             t = time_sampler.sample(B, rng, dtype)  # (B,)
             x0 = rng.standard_normal((B, D), dtype=dtype)  # (B, D)
+            x0, t = hooks.couple(x0, x1, y, t, rng, data)  # re-paired noise; distill: t = 0
             if C is not None and config["label_dropout"] > 0:
                 drop = rng.random(B) < config["label_dropout"]
                 y = np.where(drop, C, y)  # null class for classifier-free guidance
-            xt, ut = path.sample(x0, x1, t)  # (B, D) each
-            v = model.forward(xt, t, y)  # (B, D)
-            diff = v - ut  # (B, D)
-            loss = float(np.mean(diff * diff))
+            if hooks.meanflow:
+                loss, diff = hooks.meanflow_loss(model, x0, x1, y, rng)  # diff = dL/du
+            else:
+                xt, ut = path.sample(x0, x1, t)  # (B, D) each
+                v = model.forward(xt, t, y)  # (B, D)
+                diff = v - ut  # (B, D)
+                loss = float(np.mean(diff * diff))
             if not np.isfinite(loss):
                 raise TrainingDiverged(
                     f"loss is {loss} at step {step + 1}; stopped, the last good checkpoint "
                     f"(step {last_good}) is kept in {out}")
-            diff *= 2.0 / diff.size  # dL/dv
+            if not hooks.meanflow:
+                diff *= 2.0 / diff.size  # dL/dv
             opt.lr = lr_at(step)
             opt.step(model.backward(diff))
             ema.update(model.params)
+            hooks.step_done(time.perf_counter() - step_start)
             step += 1
             pending.append((step, loss))
             if step % 100 == 0:
                 bar.set_postfix(loss=f"{np.mean([v for _, v in pending[-100:]]):.4f}",
-                                refresh=False)
+                                refresh=False, **hooks.postfix())
             bar.update(1)
             if step % config["ckpt_every"] == 0 or step == config["steps"] or sigint.requested:
                 if not all(np.all(np.isfinite(p)) for p in model.params.values()):
@@ -257,6 +294,7 @@ def train(out, resume=False, progress=True, **settings):
                 losses.extend(pending)
                 pending = []
                 _save_checkpoint(out, ckpt_path, config, model, opt, rng, step, ema)
+                hooks.save_timing()
                 last_good = step
             if sigint.requested:
                 raise TrainingInterrupted(
@@ -285,7 +323,9 @@ def _load_checkpoint(ckpt_path, config, model, opt, rng, ema):
         if key not in arrays:
             raise ValueError(f"{ckpt_path} is not a training checkpoint (no {key!r})")
     saved = {**LEGACY, "ema_decay": 0.0, **json.loads(str(arrays["config"]))}
-    changed = [k for k in config if k not in _RESUMABLE and saved.get(k) != config[k]]
+    saved.setdefault("arch", "mlp")  # checkpoints from before --arch hold the MLP
+    changed = [k for k in config  # a key older runs lack holds its default
+               if k not in _RESUMABLE and saved.get(k, DEFAULTS.get(k)) != config[k]]
     changed += ["steps"] if horizon_changed(saved, config) else []  # the lr decays over steps
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {config[k]!r}" for k in changed)

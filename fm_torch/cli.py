@@ -60,8 +60,14 @@ def add_train_parser(subparsers):
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA only)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--init-from", help="fine-tune: start from this ckpt.pt's EMA weights")
+    p.add_argument("--diff2flow", action="store_true",
+                   help="with --init-from a DDPM: train its DiffusionToFlow velocity (Diff2Flow)")
     p.add_argument("--out", default=None, help="run folder (default runs/<data>)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    from fm_numpy.cli_fewstep import add_fewstep_train_arguments
+
+    add_fewstep_train_arguments(p)
     p.set_defaults(func=cmd_train)
 
 
@@ -89,7 +95,14 @@ def cmd_train(args):
                     sample_every=args.sample_every, label_dropout=args.label_dropout,
                     weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
                     ema_decay=args.ema_decay, n_train=args.n_train, **recipe_settings(args),
-                    bf16=args.bf16 or None, compile=args.compile or None)
+                    bf16=args.bf16 or None, compile=args.compile or None,
+                    diffusion=getattr(args, "diffusion", None))
+    from fm_torch.train_diffusion import apply_init_from  # --init-from, --diff2flow
+
+    settings = apply_init_from(args.init_from, args.diff2flow, settings)
+    from fm_numpy.cli_fewstep import fewstep_settings
+
+    settings.update(fewstep_settings(args))
     _, losses = train(out, resume=args.resume, progress=not args.no_progress,
                       device=args.device, data_dir=args.data_dir, **settings)
     if losses and int(os.environ.get("RANK", "0")) == 0:
@@ -113,6 +126,9 @@ def add_sample_parser(subparsers):
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="PNG of the samples (a trajectory PNG beside it)")
     p.add_argument("--npz", help="also write the samples to this .npz")
+    from fm_torch.cli_diffusion import add_sample_options
+
+    add_sample_options(p)  # --as-flow, --sampler ddim
     p.set_defaults(func=cmd_sample)
 
 
@@ -126,7 +142,7 @@ def cmd_sample(args):
     import torch
 
     from fm_numpy.io import save_npz
-    from fm_torch.train import load_model, sample, save_image_grid, save_scatter
+    from fm_torch.train import load_model, save_image_grid, save_scatter
 
     if args.steps < 1 or args.per_class < 1 or args.n < 1:
         raise ValueError("--steps, --per-class and -n must be positive integers")
@@ -135,6 +151,11 @@ def cmd_sample(args):
     device = torch.device(args.device)
     model, checkpoint = load_model(args.model, ema=not args.no_ema, map_location=device)
     model = model.to(device)
+    from fm_torch.cli_diffusion import sampler_for
+
+    sample = sampler_for(checkpoint, args)  # a DDPM: its flow ODE (--as-flow) or DDIM
+    if getattr(model, "mean_flow", False):
+        sample = _sample  # MeanFlow: K average-velocity steps for --method euler
     g = torch.Generator().manual_seed(args.seed)
     stem = os.path.splitext(args.out)[0]
     if checkpoint["config"]["data"] == "mnist":
@@ -167,6 +188,18 @@ def cmd_sample(args):
     return 0
 
 
+def _sample(model, x0, y, guidance, method, steps, return_nfe=True):
+    """fm_torch.train.sample, or for a MeanFlow model with method "euler" K = steps
+    average-velocity steps (NFE K); returns (trajectory, NFE)."""
+    from fm_torch.train import sample
+
+    if getattr(model, "mean_flow", False) and method == "euler":
+        from fm_torch.meanflow import sample as meanflow_sample
+
+        return meanflow_sample(model, x0, steps, y, guidance), int(steps)
+    return sample(model, x0, y, guidance, method, steps, return_nfe=return_nfe)
+
+
 def _plot_trajectories_2d(xs, path, n_paths=300):
     import matplotlib
 
@@ -189,10 +222,13 @@ def _plot_trajectories_2d(xs, path, n_paths=300):
 
 
 # ---------------------------------------------------------------------- main
+from fm_torch.cli_diffusion import add_train_diffusion_parser  # noqa: E402  (issue 16)
+from fm_torch.cli_fewstep import add_reflow_parser  # noqa: E402  (issue 12's subcommand)
 from fm_torch.cli_likelihood import add_likelihood_parser  # noqa: E402  (H3's subcommand)
 from fm_torch.evaluate import add_evaluate_parser  # noqa: E402  (H6's subcommand)
 
-SUBCOMMANDS = [add_train_parser, add_sample_parser, add_likelihood_parser, add_evaluate_parser]
+SUBCOMMANDS = [add_train_parser, add_sample_parser, add_likelihood_parser, add_evaluate_parser,
+               add_train_diffusion_parser, add_reflow_parser]
 
 
 def build_parser():

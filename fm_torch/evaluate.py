@@ -400,11 +400,38 @@ def evaluate_checkpoint(path, n=1000, guidance=1.0, method="midpoint", steps=20,
     return metrics
 
 
+__all__ += ["evaluate_samples"]
+
+
+def evaluate_samples(path, seed=0, judge_steps=DEFAULT_CLASSIFIER_STEPS, progress=True,
+                     classifier=None, info=None, reference=None, memo=None):
+    """Judge a samples .npz from either package (`fm-numpy sample` writes one): "images"
+    (N, 28, 28) in [0, 1] and "labels" (N,), the classes asked for (empty: unconditional)."""
+    from fm_numpy.io import load_npz
+
+    arrays = load_npz(path)
+    if "images" not in arrays:
+        raise ValueError(f"{path} holds no 'images' array; it is not an MNIST samples file")
+    images, labels = arrays["images"], arrays.get("labels")
+    if labels is not None and labels.size == 0:
+        labels = None
+    if labels is not None and labels.shape != (len(images),):
+        raise ValueError(f"{path}: labels have shape {labels.shape}, expected ({len(images)},)")
+    if classifier is None:
+        classifier, info = load_or_train_classifier(steps=judge_steps, progress=progress)
+    metrics = mnist_metrics(images, labels, classifier, info, reference, seed=seed, memo=memo)
+    metrics["samples"] = os.fspath(path)
+    return metrics
+
+
 def add_evaluate_parser(subparsers):
     """`fm-torch evaluate`: FD and class accuracy of an MNIST checkpoint's samples."""
     p = subparsers.add_parser(
         "evaluate", help="judge an MNIST checkpoint: Frechet distance and class accuracy")
-    p.add_argument("--model", required=True, help="ckpt.pt written by train (data mnist)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="ckpt.pt written by train (data mnist)")
+    which.add_argument("--samples", help="judge this samples .npz (images, labels) instead, "
+                                         "e.g. from `fm-numpy sample`")
     p.add_argument("--n", type=int, default=1000, help="samples to judge (default 1000)")
     p.add_argument("--guidance", type=float, default=1.0,
                    help="classifier-free guidance w: 1 = conditional (default), 0 = unconditional")
@@ -425,6 +452,17 @@ def cmd_evaluate(args):
         raise ValueError("--n must be >= 2, --steps and --judge-steps positive")
     if args.out and not args.out.lower().endswith(".json"):
         raise ValueError(f"--out must name a .json file, got {args.out!r}")
+    if args.samples is not None:
+        if not os.path.isfile(args.samples):
+            raise FileNotFoundError(f"no such samples file: {args.samples}")
+        metrics = evaluate_samples(args.samples, args.seed, args.judge_steps,
+                                   progress=not args.no_progress)
+        print(_format(metrics) + f"; judge test accuracy "
+              f"{metrics['judge']['test_accuracy']:.4f}")
+        if args.out:
+            write_metrics(args.out, metrics)
+            print(f"wrote {args.out}")
+        return 0
     if not os.path.isfile(args.model):
         raise FileNotFoundError(f"no such checkpoint: {args.model}")
     metrics = evaluate_checkpoint(args.model, args.n, args.guidance, args.method, args.steps,

@@ -16,6 +16,10 @@ Only rank 0 writes. A run folder holds config.json, loss.csv (step,loss,images_p
 ckpt.pt (model, EMA, optimizer, step, every rank's generator state; written atomically
 every ckpt_every steps, read with weights_only=True) and samples_<step>.png (every
 sample_every steps).
+
+Few-step hooks, as fm_numpy/train.py (fm_torch/fewstep.py): `coupling` re-pairs the noise
+in each batch, `objective="meanflow"` trains the average velocity (torch.func.jvp),
+`pairs` trains on fixed reflow pairs, `distill` fixes t = 0.
 """
 
 import os
@@ -54,8 +58,11 @@ DEFAULTS = {
     "time_features": 32, "scheduler": "condot", "seed": 0, "ckpt_every": 1000,
     "label_dropout": 0.1, "weight_decay": 0.0, "max_grad_norm": 1.0, "ema_decay": 0.999,
     "base": 32, "mults": [1, 2, 2], "res_blocks": 1, "sample_every": 1000, "n_train": None,
-    "toy_pool": 100_000, "bf16": False, "compile": False, "time_scale": 1000.0,
-    **RECIPE_DEFAULTS,
+    "toy_pool": 100_000, "bf16": False, "compile": False,
+    "coupling": "independent", "coupling_block": None, "objective": "fm",
+    "meanflow_ratio": 0.25, "meanflow_norm_p": 1.0, "pairs": None, "distill": False,
+    "diffusion": None, "init_from": None,  # fm_torch/train_diffusion.py: DDPM, Diff2Flow
+    "time_scale": 1000.0, **RECIPE_DEFAULTS,
 }
 MNIST_DEFAULTS = {"steps": 3000, "batch": 128, "lr": 1e-3, "weight_decay": 0.0}
 
@@ -96,6 +103,16 @@ def resolve_config(**overrides):
     if config["max_grad_norm"] is not None and not config["max_grad_norm"] > 0:
         raise ValueError(f"max_grad_norm must be positive, got {config['max_grad_norm']}")
     make_scheduler(config["scheduler"])  # raises ValueError for an unknown name
+    if config["diffusion"] is not None:
+        from fm_torch.train_diffusion import check_diffusion_config
+
+        config["diffusion"] = check_diffusion_config(config["diffusion"], config["scheduler"])
+    from fm_numpy.fewstep import check_fewstep_settings
+
+    check_fewstep_settings(config)
+    if config["objective"] == "meanflow" and config["diffusion"] is not None:
+        raise ValueError("objective meanflow trains a flow; it cannot be combined with a "
+                         "diffusion objective")
     if not 0 < config["time_scale"] < float("inf"):
         raise ValueError(f"time_scale must be a positive finite number, got {config['time_scale']}")
     make_recipe(config)  # lr schedule and time sampling: ValueError for a bad setting
@@ -108,11 +125,13 @@ def build_model(config):
         from fm_torch.models.unet import UNet
 
         return UNet(1, config["base"], tuple(config["mults"]), config["res_blocks"],
-                    config["time_features"], num_classes=10)
+                    config["time_features"], num_classes=10,
+                    mean_flow=config.get("objective") == "meanflow")
     from fm_torch.models.mlp import MLP
 
     return MLP(2, config["hidden"], config["depth"], config["time_features"], None,
-               seed=config["seed"], time_scale=config["time_scale"])
+               seed=config["seed"], mean_flow=config.get("objective") == "meanflow",
+               time_scale=config["time_scale"])
 
 
 def load_model(path, ema=True, map_location="cpu"):
@@ -129,7 +148,9 @@ def load_model(path, ema=True, map_location="cpu"):
     except RuntimeError as e:
         reason = str(e).splitlines()[0]
         raise ValueError(f"{path}: weights do not fit the model ({reason})") from None
-    return model.eval(), checkpoint
+    from fm_torch.train_diffusion import velocity_view  # a diffusion net as its flow
+
+    return velocity_view(config, model).eval(), checkpoint
 
 
 def flow_matching_loss(model, path, x1, y, x0, t):
@@ -149,6 +170,11 @@ def _dist_info():
 
 
 def _make_data(config, data_dir, rank, world_size):
+    if config["pairs"] is not None:  # reflow: the teacher's x1 (and y) in place of the data
+        from fm_torch.reflow import pair_tensors
+
+        x0, x1, y = pair_tensors(config["pairs"])
+        return shard(x1, y, rank, world_size)
     if config["data"] == "mnist":
         x1, y = load_mnist_tensors("train", data_dir=data_dir)
         if config["n_train"] is not None:
@@ -206,8 +232,15 @@ def _train(out, resume, progress, device, data_dir, config, world_size, rank, tq
         raise ValueError(f"{out} already holds a run; resume it or choose another output folder")
 
     x1_all, y_all = _make_data(config, data_dir, rank, world_size)
+    from fm_torch.fewstep import FewStepHooks
+
+    hooks = FewStepHooks(config, out, rank, world_size)
     torch.manual_seed(config["seed"])  # the same initial weights in every process
     model = build_model(config).to(device)
+    if config["init_from"] is not None and not resume:
+        from fm_torch.train_diffusion import load_init_weights
+
+        load_init_weights(model, config)  # a fine-tune: start from that run's EMA weights
     ema = EMA(model, config["ema_decay"])
     opt = torch.optim.AdamW(model.parameters(), lr=config["lr"],
                             weight_decay=config["weight_decay"])
@@ -215,6 +248,9 @@ def _train(out, resume, progress, device, data_dir, config, world_size, rank, tq
     lr_at, sampler = make_recipe(config)
     time_sampler = TimeSampler(sampler.name, sampler.mean, sampler.std)
     path = AffinePath(make_scheduler(config["scheduler"]))
+    from fm_torch.train_diffusion import training_loss, velocity_view
+
+    loss_fn = training_loss(config)  # flow_matching_loss, or a DDPM / Diff2Flow objective
     step = 0
     if resume:
         step = _load_state(ckpt_path, config, model, ema, opt, gen, rank, world_size)
@@ -245,17 +281,21 @@ def _train(out, resume, progress, device, data_dir, config, world_size, rank, tq
             x1 = x1_all[idx]  # (B, ...)
             t = time_sampler.sample(B, gen)  # (B,)
             x0 = torch.randn(x1.shape, generator=gen)  # (B, ...)
-            y = None
+            y = None if C is None else y_all[idx]  # (B,)
+            x0, t = hooks.couple(x0, x1, y, t, gen, idx)  # re-paired noise; distill: t = 0
             if C is not None:
-                y = y_all[idx]  # (B,)
                 drop = torch.rand(B, generator=gen) < config["label_dropout"]
                 y = torch.where(drop, torch.full_like(y, C), y).to(device)  # null class for CFG
             x1, x0, t = x1.to(device), x0.to(device), t.to(device)
-            with autocast:
-                loss = flow_matching_loss(net, path, x1, y, x0, t)
+            if hooks.meanflow:  # full precision: the JVP target is a small difference
+                loss, logged = hooks.meanflow_loss(net, path, x1, y, x0, gen, device)
+            else:
+                with autocast:
+                    loss = loss_fn(net, path, x1, y, x0, t)
+                logged = loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            loss_value = loss.detach()
+            loss_value = logged.detach()
             if world_size > 1:
                 dist.all_reduce(loss_value)  # every rank sees a NaN and stops together
                 loss_value /= world_size
@@ -269,13 +309,15 @@ def _train(out, resume, progress, device, data_dir, config, world_size, rank, tq
             set_lr(opt, lr_at(step))
             opt.step()
             ema.update(model)
+            hooks.step_done()
             step += 1
             images += B * world_size
             rate = images / (time.perf_counter() - t_start)
             pending.append((step, loss_value, rate))
             if step % 10 == 0 or step == config["steps"]:
                 avg = sum(v for _, v, _ in pending[-50:]) / len(pending[-50:])
-                bar.set_postfix(loss=f"{avg:.4f}", img_s=f"{rate:.0f}", refresh=False)
+                bar.set_postfix(loss=f"{avg:.4f}", img_s=f"{rate:.0f}", refresh=False,
+                                **hooks.postfix())
             bar.update(1)
             stop = sigint.requested
             if world_size > 1:  # every rank stops at the same step when any rank saw SIGINT
@@ -291,6 +333,7 @@ def _train(out, resume, progress, device, data_dir, config, world_size, rank, tq
                 if is_main:
                     _write_losses(loss_path, pending, append=True)
                     _save_state(ckpt_path, config, model, ema, opt, states, step, world_size)
+                    hooks.save_timing()
                 losses.extend(pending)
                 pending = []
                 last_good = step
@@ -298,7 +341,7 @@ def _train(out, resume, progress, device, data_dir, config, world_size, rank, tq
                 raise TrainingInterrupted(
                     f"interrupted at step {step}; checkpoint saved in {out}, resume to continue")
             if is_main and step % config["sample_every"] == 0:
-                _plot_progress(out, config, ema.model, step, device)
+                _plot_progress(out, config, velocity_view(config, ema.model), step, device)
     finally:
         sigint.__exit__(None, None, None)
         bar.close()
@@ -356,6 +399,8 @@ def sample(model, x0, y=None, guidance=1.0, method="midpoint", steps=20, return_
     """
     from fm_torch.solvers import ClassifierFreeGuidance, odeint
 
+    if hasattr(model, "flow_sample"):  # a diffusion model's flow starts at t_min (train_diffusion)
+        return model.flow_sample(x0, y, guidance, method, steps, return_nfe)
     if int(steps) < 1:
         raise ValueError(f"steps must be a positive integer, got {steps}")
     v = ClassifierFreeGuidance(model, y, guidance) if y is not None else (

@@ -190,3 +190,34 @@ def test_evaluate_cli_errors(tmp_path, capsys):
     assert "no such checkpoint" in capsys.readouterr().err
     assert main(["evaluate", "--model", "x.pt", "--n", "1"]) == 2
     assert "--n must be >= 2" in capsys.readouterr().err
+
+
+def test_evaluate_samples_npz_matches_mnist_metrics(tiny_judge, mnist_small, tmp_path,
+                                                    monkeypatch, capsys):
+    """`fm-torch evaluate --samples` judges an fm-numpy samples file like mnist_metrics."""
+    import json
+
+    from fm_numpy.io import save_npz
+    from fm_torch.cli import main
+
+    model, info, _ = tiny_judge
+    images, labels = mnist_small[1][0][:50], mnist_small[1][1][:50]
+    save_npz(tmp_path / "s.npz", images=images, labels=labels)
+    got = ev.evaluate_samples(tmp_path / "s.npz", classifier=model, info=info,
+                              reference=mnist_small)
+    want = ev.mnist_metrics(images, labels, model, info, mnist_small)
+    assert got["fd"] == want["fd"] and got["class_accuracy"] == want["class_accuracy"]
+    monkeypatch.setattr(ev, "load_or_train_classifier", lambda **k: (model, info))
+    import fm_numpy.data
+
+    splits = {"train": mnist_small[0], "test": mnist_small[1]}
+    monkeypatch.setattr(fm_numpy.data, "load_mnist", lambda split, **k: splits[split])
+    rc = main(["evaluate", "--samples", str(tmp_path / "s.npz"), "--out",
+               str(tmp_path / "m.json"), "--no-progress"])
+    assert rc == 0
+    assert json.loads((tmp_path / "m.json").read_text())["fd"] == pytest.approx(want["fd"])
+    save_npz(tmp_path / "vectors.npz", samples=np.zeros((5, 2)))
+    assert main(["evaluate", "--samples", str(tmp_path / "vectors.npz")]) == 2
+    assert "no 'images' array" in capsys.readouterr().err
+    assert main(["evaluate", "--samples", str(tmp_path / "none.npz")]) == 2
+    assert "no such samples file" in capsys.readouterr().err
