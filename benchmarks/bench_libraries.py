@@ -11,6 +11,9 @@ torchdiffeq.odeint). fm_numpy (manual backward, its own Adam) runs the same reci
     interleaved repetitions;
   - quality at equal budget (same steps): energy distance between 2000 samples and
     2000 fresh data points, beside the noise floor (two fresh data sets).
+Then Meta's own 2-D notebook recipe (checkerboard / 0.45, MLP 4 x 512, batch 4096, Adam
+1e-3, 2000 iterations, 3 seeds; benchmarks/notebook2d.py): its MLP and ODESolver against
+our default recipe, sliced W1, fraction inside the squares, exact log-likelihood.
 Then the U-Net training step: ours (fm_torch.models.unet.UNet, base 32, mults 1,2,2,
 attention at 7x7) against torchcfm's UNetModel (32 channels, 1 res block, as in its
 MNIST example, which puts attention at 28x28; and with attention at 7x7), images/s.
@@ -326,11 +329,29 @@ def plot(rows, floor, path):
     save_figure(fig, path)
 
 
+def notebook_2d(quick, notes):
+    """Meta's notebook recipe against ours (benchmarks/notebook2d.py); markdown or a note."""
+    from benchmarks import notebook2d
+
+    seeds, settings = ((0,), dict(iterations=30, batch=512, n_samples=5000, n_lik=200)) if (
+        quick) else ((0, 1, 2), {})
+    try:
+        per_seed = notebook2d.compare(seeds, log=lambda s: None, **settings)
+    except Exception as e:  # ImportError, or a changed API
+        notes.append(f"notebook comparison failed ({type(e).__name__}: {e})")
+        return ""
+    return notebook2d.table(per_seed, seeds, settings.get("iterations", notebook2d.ITERATIONS),
+                            settings.get("batch", notebook2d.BATCH))
+
+
 def main(quick=False, out_dir=None):
     notes = ensure_packages()
     rows, floor, steps, n_eval = compare_2d(quick, notes)
+    notebook = notebook_2d(quick, notes)
     unet_rows, batch = compare_unet(quick, notes)
     print(table(rows, floor, steps, n_eval, unet_rows, batch, notes))
+    if notebook:
+        print("\n" + notebook)
     path = plot_path("bench_libraries", quick, out_dir)
     plot(rows, floor, path)
     announce_plot(path, quick, "library comparison")

@@ -30,9 +30,9 @@ OUT = os.path.join("runs", "demo")
 NUMPY_TRAIN = ["--data", "8gaussians", "--steps", "4000"]
 TORCH_TRAIN = ["--data", "mnist", "--base", "16", "--mults", "1,2,2", "--steps", "800",
                "--batch", "64", "--lr", "2e-3", "--ema-decay", "0.995", "--ckpt-every", "200",
-               "--sample-every", "400"]
-QUICK = {"numpy": ["--steps", "50"], "torch": ["--steps", "10", "--sample-every", "10",
-                                                "--n-train", "640"]}
+               "--sample-every", "400", "--lr-schedule", "cosine", "--warmup", "50"]
+QUICK = {"numpy": ["--steps", "50"],
+         "torch": ["--steps", "10", "--warmup", "2", "--sample-every", "10", "--n-train", "640"]}
 
 
 def _run(main, argv, what):

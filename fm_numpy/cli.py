@@ -15,6 +15,8 @@ import sys
 
 import numpy as np
 
+from fm_numpy.schedules import add_recipe_arguments, recipe_settings
+
 PROG = "fm-numpy"
 
 
@@ -132,6 +134,9 @@ def add_train_parser(subparsers):
     p.add_argument("--max-grad-norm", type=float, help="clip the global gradient norm")
     p.add_argument("--dtype", choices=("float32", "float64"), help="default float32")
     p.add_argument("--n-train", type=int, help="use only the first N MNIST training images")
+    p.add_argument("--ema-decay", type=float,
+                   help="EMA decay of the weights saved in model.npz (default 0: none)")
+    add_recipe_arguments(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--out", default=None, help="run folder (default runs/<data>)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -150,7 +155,7 @@ def cmd_train(args):
                     scheduler=args.scheduler, seed=args.seed, ckpt_every=args.ckpt_every,
                     label_dropout=args.label_dropout, weight_decay=args.weight_decay,
                     max_grad_norm=args.max_grad_norm, dtype=args.dtype, n_train=args.n_train,
-                    arch=args.arch)
+                    arch=args.arch, ema_decay=args.ema_decay, **recipe_settings(args))
     from fm_numpy.cli_fewstep import fewstep_settings
 
     settings.update(fewstep_settings(args))

@@ -3,7 +3,7 @@
 Architecture (identical in fm_torch/models/mlp.py, parameter for parameter):
 
     freqs_k = exp(-log(10000) k / half),  k = 0..half-1,  half = time_features // 2
-    phi(t)  = [cos(1000 t freqs), sin(1000 t freqs)]                  # (B, time_features)
+    phi(t)  = [cos(s t freqs), sin(s t freqs)]   s = time_scale (1000)  # (B, time_features)
     h_0     = concat[x, phi(t), E[y]]        (E[y] only with num_classes; y=None -> null row)
     a_i     = h_i @ W{i} + b{i},   h_{i+1} = silu(a_i) = a_i * sigmoid(a_i),  i = 0..depth-1
     v       = h_depth @ W{depth} + b{depth}                            # (B, dim)
@@ -50,10 +50,10 @@ def _phi(s, freqs):
     return np.concatenate([np.cos(targ), np.sin(targ)], axis=1)
 
 
-def _dphi(targ, freqs, ds):
-    """Tangent of phi(s) for the tangent ds (B,) of s, targ = 1000 s freqs (B, T/2):
-    d/ds cos(1000 s f) = -1000 f sin(1000 s f),  d/ds sin(1000 s f) = 1000 f cos(1000 s f)."""
-    rate = (1000 * freqs)[None, :] * ds[:, None]  # (B, T/2)
+def _dphi(targ, freqs, ds, scale=1000.0):
+    """Tangent of phi(s) for the tangent ds (B,) of s, targ = c s freqs (B, T/2), c = scale:
+    d/ds cos(c s f) = -c f sin(c s f),  d/ds sin(c s f) = c f cos(c s f)."""
+    rate = (scale * freqs)[None, :] * ds[:, None]  # (B, T/2)
     return np.concatenate([-np.sin(targ) * rate, np.cos(targ) * rate], axis=1)  # (B, T)
 
 
@@ -62,7 +62,7 @@ class _Buffers:
 
     def __init__(self, B, in_features, hidden, depth, half, dtype):
         self.h0 = np.empty((B, in_features), dtype)  # (B, D + T [+ T])
-        self.targ = np.empty((B, half), dtype)  # (B, T/2) time arguments 1000 t freqs
+        self.targ = np.empty((B, half), dtype)  # (B, T/2) time arguments s t freqs
         self.a = [np.empty((B, hidden), dtype) for _ in range(depth)]  # pre-activations
         self.s = [np.empty((B, hidden), dtype) for _ in range(depth)]  # sigmoid(a_i)
         self.h = [np.empty((B, hidden), dtype) for _ in range(depth)]  # h_{i+1} = silu(a_i)
@@ -83,13 +83,15 @@ class MLP:
     fast = True
 
     def __init__(self, dim, hidden=256, depth=3, time_features=32, num_classes=None, seed=0,
-                 dtype=np.float32, mean_flow=False):
+                 dtype=np.float32, mean_flow=False, time_scale=1000.0):
         for name, value, low in (("dim", dim, 1), ("hidden", hidden, 1), ("depth", depth, 1),
                                  ("time_features", time_features, 2)):
             if int(value) != value or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value}")
         if time_features % 2:
             raise ValueError(f"time_features must be even, got {time_features}")
+        if not (isinstance(time_scale, (int, float, np.number)) and 0 < time_scale < np.inf):
+            raise ValueError(f"time_scale must be a positive finite number, got {time_scale!r}")
         if num_classes is not None and (int(num_classes) != num_classes or num_classes < 1):
             raise ValueError(f"num_classes must be a positive integer or None, got {num_classes}")
         self.dim, self.hidden, self.depth = int(dim), int(hidden), int(depth)
@@ -100,8 +102,9 @@ class MLP:
         self.config = {
             "dim": self.dim, "hidden": self.hidden, "depth": self.depth,
             "time_features": self.time_features, "num_classes": self.num_classes,
-            "seed": self.seed, "dtype": self.dtype.name,
+            "seed": self.seed, "dtype": self.dtype.name, "time_scale": float(time_scale),
         }
+        self.time_scale = float(time_scale)
         self.mean_flow = bool(mean_flow)
         if self.mean_flow:  # only then in the config, so files without the key load as before
             self.config["mean_flow"] = True
@@ -209,7 +212,7 @@ class MLP:
         buf = self._get_buffers(B)
         h = buf.h0
         h[:, :D] = x
-        np.multiply((1000 * t)[:, None], self.freqs, out=buf.targ)  # (B, T/2)
+        np.multiply((self.time_scale * t)[:, None], self.freqs, out=buf.targ)  # (B, T/2)
         np.cos(buf.targ, out=h[:, D:D + half])
         np.sin(buf.targ, out=h[:, D + half:D + 2 * half])
         if self.num_classes:
@@ -300,7 +303,7 @@ class MLP:
 
         dx (B, dim); dr, dt scalars or (B,) (the default 0 gives J dx, J = dv/dx). With
         r=None the time of x is t itself, so its tangent is dt. Tangents:
-            ds = dr (dt if r is None),  dphi(s) = 1000 freqs [-sin, cos](1000 s freqs) ds
+            ds = dr (dt if r is None),  dphi(s) = c freqs [-sin, cos](c s freqs) ds, c = time_scale
             da_0 = dx W0[x rows] + dphi(s) W0[time rows] [+ dphi(t - r) W0[interval rows]]
             dh_{i+1} = silu'(a_i) da_i,  da_{i+1} = dh_{i+1} W{i+1},  dv = dh_depth W{depth}
         """
@@ -314,7 +317,7 @@ class MLP:
         da = dx @ self.params["W0"][:self.dim]  # (B, H)
         ds = np.broadcast_to(np.asarray(dt if r is None else dr, dtype=self.dtype), (B,))
         if np.any(ds != 0):
-            da += _dphi(buf.targ, self.freqs, ds) @ P["W0"][D:D + T]  # (B, H)
+            da += _dphi(buf.targ, self.freqs, ds, self.time_scale) @ P["W0"][D:D + T]  # (B, H)
         if r is not None:
             d_interval = np.broadcast_to(
                 np.asarray(dt, dtype=self.dtype) - np.asarray(dr, self.dtype), (B,))  # of t - r
@@ -408,4 +411,5 @@ def _read_config(arrays, path):
         raise ValueError(f"{path}: config is not valid JSON ({e})") from None
     if not isinstance(config, dict):
         raise ValueError(f"{path}: config is not a JSON object")
+    config.setdefault("time_scale", 1000.0)  # files from before the option: the old 1000 t
     return config

@@ -1,13 +1,16 @@
 """The flow-matching training loop (NumPy): regress the conditional velocity of an affine path.
 
-Each step, with one seeded generator rng:
-    x1 (, y) ~ data,   t ~ U[0, 1),   x0 ~ N(0, I),   (y -> null class with prob. label_dropout)
+Each step n, with one seeded generator rng:
+    x1 (, y) ~ data,   t ~ p(t) (uniform or logit-normal, fm_numpy.schedules),   x0 ~ N(0, I),
+    (y -> null class with prob. label_dropout)
     xt = alpha_t x1 + sigma_t x0,   ut = d_alpha_t x1 + d_sigma_t x0
     L = mean over batch and coordinates of (v_theta(xt, t, y) - ut)^2
-    dL/dv = 2 (v - ut) / (B D), then the MLP's manual backward and one Adam step.
+    dL/dv = 2 (v - ut) / (B D), then the MLP's manual backward and one Adam step at the
+    learning rate eta_n of the schedule, then the EMA update of the weights (fm_numpy.ema).
 
-A run folder holds config.json, loss.csv (step,loss), model.npz (the MLP) and
-checkpoint.npz (weights, Adam moments, the generator's state as JSON, the step), each
+A run folder holds config.json, loss.csv (step,loss), model.npz (the MLP with the EMA
+weights, for sampling) and checkpoint.npz (raw weights, EMA, Adam moments, the
+generator's state as JSON, the step), each
 written atomically every ckpt_every steps, so `resume=True` continues to exactly the
 weights an uninterrupted run reaches.
 
@@ -27,10 +30,12 @@ import time
 
 import numpy as np
 
+from fm_numpy.ema import EMA
 from fm_numpy.io import load_npz, read_log, save_json, save_npz, write_log
 from fm_numpy.models import ARCHITECTURES, model_class
 from fm_numpy.optim import Adam
 from fm_numpy.paths import AffinePath, make_scheduler
+from fm_numpy.schedules import LEGACY, RECIPE_DEFAULTS, horizon_changed, make_recipe
 
 __all__ = ["DEFAULTS", "MNIST_DEFAULTS", "MNIST_RESMLP_DEFAULTS", "TrainingDiverged",
            "TrainingInterrupted", "DeferredSigint", "train", "resolve_config"]
@@ -41,7 +46,7 @@ DEFAULTS = {
     "label_dropout": 0.1, "weight_decay": 0.0, "max_grad_norm": None, "dtype": "float32",
     "n_train": None, "arch": "mlp", "coupling": "independent", "coupling_block": None,
     "objective": "fm", "meanflow_ratio": 0.25, "meanflow_norm_p": 1.0, "pairs": None,
-    "distill": False,
+    "distill": False, "ema_decay": 0.0, "time_scale": 1000.0, **RECIPE_DEFAULTS,
 }
 MNIST_DEFAULTS = {"steps": 3000, "batch": 128, "lr": 1e-3, "hidden": 512, "depth": 3}
 # MNIST's default network: the residual LayerNorm MLP of fm_numpy/models/resmlp.py (issue 13;
@@ -133,6 +138,12 @@ def resolve_config(**overrides):
     from fm_numpy.fewstep import check_fewstep_settings
 
     check_fewstep_settings(config)
+    if not (real(config["time_scale"]) and 0 < config["time_scale"] < math.inf):
+        raise ValueError(f"time_scale must be a positive finite number, "
+                         f"got {config['time_scale']!r}")
+    if not (real(config["ema_decay"]) and 0 <= config["ema_decay"] < 1):
+        raise ValueError(f"ema_decay must lie in [0, 1), got {config['ema_decay']!r}")
+    make_recipe(config)  # lr schedule and time sampling: ValueError for a bad setting
     return config
 
 
@@ -211,16 +222,20 @@ def train(out, resume=False, progress=True, **settings):
     data = _make_data(config)
     dtype = np.dtype(config["dtype"])
     mean_flow = {"mean_flow": True} if config["objective"] == "meanflow" else {}
+    time_scale = {"time_scale": config["time_scale"]} if config["arch"] == "mlp" else {}
     model = model_class(config["arch"])(data.dim, config["hidden"], config["depth"],
                                         config["time_features"], data.num_classes,
-                                        seed=config["seed"], dtype=dtype, **mean_flow)
+                                        seed=config["seed"], dtype=dtype, **mean_flow,
+                                        **time_scale)
+    ema = EMA(model.params, config["ema_decay"])
+    lr_at, time_sampler = make_recipe(config)
     opt = Adam(model.params, lr=config["lr"], weight_decay=config["weight_decay"],
                decoupled=True, max_grad_norm=config["max_grad_norm"])
     rng = np.random.default_rng(config["seed"])
     path = AffinePath(make_scheduler(config["scheduler"]))
     step = 0
     if resume:
-        step = _load_checkpoint(ckpt_path, config, model, opt, rng)
+        step = _load_checkpoint(ckpt_path, config, model, opt, rng, ema)
         losses = _read_losses(loss_path, step)
         _write_losses(loss_path, losses, append=False)  # drop rows logged after the checkpoint
     else:
@@ -241,7 +256,7 @@ def train(out, resume=False, progress=True, **settings):
         while step < config["steps"]:
             step_start = time.perf_counter()
             x1, y = data.draw(rng, B)  # (B, D), (B,) or None
-            t = rng.random(B, dtype=dtype)  # (B,)
+            t = time_sampler.sample(B, rng, dtype)  # (B,)
             x0 = rng.standard_normal((B, D), dtype=dtype)  # (B, D)
             x0, t = hooks.couple(x0, x1, y, t, rng, data)  # re-paired noise; distill: t = 0
             if C is not None and config["label_dropout"] > 0:
@@ -260,7 +275,9 @@ def train(out, resume=False, progress=True, **settings):
                     f"(step {last_good}) is kept in {out}")
             if not hooks.meanflow:
                 diff *= 2.0 / diff.size  # dL/dv
+            opt.lr = lr_at(step)
             opt.step(model.backward(diff))
+            ema.update(model.params)
             hooks.step_done(time.perf_counter() - step_start)
             step += 1
             pending.append((step, loss))
@@ -276,7 +293,7 @@ def train(out, resume=False, progress=True, **settings):
                 _write_losses(loss_path, pending, append=True)
                 losses.extend(pending)
                 pending = []
-                _save_checkpoint(out, ckpt_path, config, model, opt, rng, step)
+                _save_checkpoint(out, ckpt_path, config, model, opt, rng, step, ema)
                 hooks.save_timing()
                 last_good = step
             if sigint.requested:
@@ -288,24 +305,28 @@ def train(out, resume=False, progress=True, **settings):
     return model, losses
 
 
-def _save_checkpoint(out, ckpt_path, config, model, opt, rng, step):
+def _save_checkpoint(out, ckpt_path, config, model, opt, rng, step, ema):
     arrays = {f"model.{k}": p for k, p in model.params.items()}
     arrays.update({f"adam.{k}": v for k, v in opt.state_dict().items()})
+    arrays.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
     save_npz(ckpt_path, step=np.array(step, dtype=np.int64),
              rng_state=np.array(json.dumps(rng.bit_generator.state)),
              config=np.array(json.dumps(config)), **arrays)
-    model.save_npz(os.path.join(out, "model.npz"))
+    # model.npz holds the EMA weights (what sampling uses), in MLP.save_npz's format
+    save_npz(os.path.join(out, "model.npz"), config=np.array(json.dumps(model.config)),
+             **ema.params)
 
 
-def _load_checkpoint(ckpt_path, config, model, opt, rng):
+def _load_checkpoint(ckpt_path, config, model, opt, rng, ema):
     arrays = load_npz(ckpt_path)
     for key in ("step", "rng_state", "config"):
         if key not in arrays:
             raise ValueError(f"{ckpt_path} is not a training checkpoint (no {key!r})")
-    saved = json.loads(str(arrays["config"]))
+    saved = {**LEGACY, "ema_decay": 0.0, **json.loads(str(arrays["config"]))}
     saved.setdefault("arch", "mlp")  # checkpoints from before --arch hold the MLP
     changed = [k for k in config  # a key older runs lack holds its default
                if k not in _RESUMABLE and saved.get(k, DEFAULTS.get(k)) != config[k]]
+    changed += ["steps"] if horizon_changed(saved, config) else []  # the lr decays over steps
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {config[k]!r}" for k in changed)
         raise ValueError(f"cannot resume {ckpt_path} with different settings ({diffs})")
@@ -315,5 +336,12 @@ def _load_checkpoint(ckpt_path, config, model, opt, rng):
             raise ValueError(f"{ckpt_path}: {key} is missing or has the wrong shape")
         p[...] = arrays[key]
     opt.load_state_dict({k[len("adam."):]: v for k, v in arrays.items() if k.startswith("adam.")})
+    ema_state = {k[len("ema."):]: v for k, v in arrays.items() if k.startswith("ema.")}
+    if ema_state:
+        ema.load_state_dict(ema_state)
+    else:  # a checkpoint from before the EMA: decay 0 there, so the average is the weights
+        ema.load_state_dict({**{f"param.{k}": p for k, p in model.params.items()},
+                             "updates": np.array(int(arrays["step"])),
+                             "decay": np.array(ema.decay)})
     rng.bit_generator.state = json.loads(str(arrays["rng_state"]))
     return int(arrays["step"])

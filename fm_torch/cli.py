@@ -15,6 +15,7 @@ import os
 import sys
 
 from fm_numpy import cli as numpy_cli
+from fm_numpy.schedules import add_recipe_arguments, recipe_settings
 
 PROG = "fm-torch"
 
@@ -53,6 +54,7 @@ def add_train_parser(subparsers):
     p.add_argument("--max-grad-norm", type=float, help="clip the gradient norm (default 1)")
     p.add_argument("--ema-decay", type=float, help="EMA decay of the weights (default 0.999)")
     p.add_argument("--n-train", type=int, help="use only the first N MNIST training images")
+    add_recipe_arguments(p)
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA or CPU)")
     p.add_argument("--sync-every", type=int,
@@ -95,7 +97,7 @@ def cmd_train(args):
                     scheduler=args.scheduler, seed=args.seed, ckpt_every=args.ckpt_every,
                     sample_every=args.sample_every, label_dropout=args.label_dropout,
                     weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
-                    ema_decay=args.ema_decay, n_train=args.n_train,
+                    ema_decay=args.ema_decay, n_train=args.n_train, **recipe_settings(args),
                     bf16=args.bf16 or None, compile=args.compile or None,
                     diffusion=getattr(args, "diffusion", None))
     from fm_torch.train_diffusion import apply_init_from  # --init-from, --diff2flow

@@ -1,11 +1,12 @@
 """The flow-matching training loop (PyTorch): regress the conditional velocity of an affine path.
 
-Each step, with one seeded torch.Generator per process:
-    x1 (, y) ~ data shard,   t ~ U[0, 1),   x0 ~ N(0, I)
+Each step n, with one seeded torch.Generator per process:
+    x1 (, y) ~ data shard,   t ~ p(t) (uniform or logit-normal, fm_torch.schedules),   x0 ~ N(0, I)
     (y -> null class with probability label_dropout, for classifier-free guidance)
     xt = alpha_t x1 + sigma_t x0,   ut = d_alpha_t x1 + d_sigma_t x0
     L = mean over batch and coordinates of (v_theta(xt, t, y) - ut)^2
-then AdamW with gradient clipping and an EMA of the weights. The same arithmetic as
+then AdamW at the schedule's learning rate eta_n (written into its param_groups) with
+gradient clipping, and an EMA of the weights. The same arithmetic as
 fm_numpy/train.py; the model is the U-Net for MNIST and the MLP for 2-D toy sets.
 
 Under torchrun (WORLD_SIZE > 1) each process trains on its own shard of the data with
@@ -30,11 +31,13 @@ import torch.distributed as dist
 from torch.nn import functional as F
 
 from fm_numpy.io import atomic_path, read_log, save_json, write_log
+from fm_numpy.schedules import LEGACY, RECIPE_DEFAULTS, horizon_changed, make_recipe
 from fm_numpy.train import DeferredSigint, TrainingInterrupted
 from fm_torch.data import DATASETS, load_mnist_tensors, shard, toy_tensor
 from fm_torch.ema import EMA
 from fm_torch.io import load_checkpoint, save_checkpoint
 from fm_torch.paths import AffinePath, make_scheduler
+from fm_torch.schedules import TimeSampler, set_lr
 
 __all__ = [
     "DEFAULTS",
@@ -60,6 +63,7 @@ DEFAULTS = {
     "coupling": "independent", "coupling_block": None, "objective": "fm",
     "meanflow_ratio": 0.25, "meanflow_norm_p": 1.0, "pairs": None, "distill": False,
     "diffusion": None, "init_from": None,  # fm_torch/train_diffusion.py: DDPM, Diff2Flow
+    "time_scale": 1000.0, **RECIPE_DEFAULTS,
 }
 MNIST_DEFAULTS = {"steps": 3000, "batch": 128, "lr": 1e-3, "weight_decay": 0.0}
 
@@ -110,6 +114,9 @@ def resolve_config(**overrides):
     if config["objective"] == "meanflow" and config["diffusion"] is not None:
         raise ValueError("objective meanflow trains a flow; it cannot be combined with a "
                          "diffusion objective")
+    if not 0 < config["time_scale"] < float("inf"):
+        raise ValueError(f"time_scale must be a positive finite number, got {config['time_scale']}")
+    make_recipe(config)  # lr schedule and time sampling: ValueError for a bad setting
     return config
 
 
@@ -124,7 +131,8 @@ def build_model(config):
     from fm_torch.models.mlp import MLP
 
     return MLP(2, config["hidden"], config["depth"], config["time_features"], None,
-               seed=config["seed"], mean_flow=config.get("objective") == "meanflow")
+               seed=config["seed"], mean_flow=config.get("objective") == "meanflow",
+               time_scale=config["time_scale"])
 
 
 def load_model(path, ema=True, map_location="cpu"):
@@ -256,6 +264,8 @@ def _train(out, resume, progress, device, data_dir, config, world_size, rank, tq
                             weight_decay=config["weight_decay"])
     # this rank's draws, made on the training device (on CPU: the same numbers as ever)
     gen = torch.Generator(device=device).manual_seed(config["seed"] + 1000 * rank)
+    lr_at, sampler = make_recipe(config)
+    time_sampler = TimeSampler(sampler.name, sampler.mean, sampler.std)
     path = AffinePath(make_scheduler(config["scheduler"]))
     from fm_torch.train_diffusion import training_loss, velocity_view
 
@@ -289,7 +299,7 @@ def _train(out, resume, progress, device, data_dir, config, world_size, rank, tq
         while step < config["steps"]:
             idx = torch.randint(0, len(x1_all), (B,), generator=gen, device=device)  # (B,)
             x1 = x1_all[idx]  # (B, ...)
-            t = torch.rand(B, generator=gen, device=device)  # (B,)
+            t = time_sampler.sample(B, gen)  # (B,) on the device
             x0 = torch.randn(x1.shape, generator=gen, device=device)  # (B, ...)
             y = None if C is None else y_all[idx]  # (B,)
             x0, t = hooks.couple(x0, x1, y, t, gen, idx)  # re-paired noise; distill: t = 0
@@ -306,6 +316,7 @@ def _train(out, resume, progress, device, data_dir, config, world_size, rank, tq
             loss.backward()
             if config["max_grad_norm"] is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config["max_grad_norm"])
+            set_lr(opt, lr_at(step))
             opt.step()
             ema.update(model)
             hooks.step_done()
@@ -398,8 +409,9 @@ def _load_state(ckpt_path, config, model, ema, opt, gen, rank, world_size):
     for key in ("config", "model", "ema", "optimizer", "step", "rng"):
         if key not in checkpoint:
             raise ValueError(f"{ckpt_path} is not an fm-torch training checkpoint (no {key!r})")
-    saved = resolve_config(**checkpoint["config"])
+    saved = resolve_config(**{**LEGACY, **checkpoint["config"]})
     changed = [k for k in config if k not in _RESUMABLE and saved.get(k) != config[k]]
+    changed += ["steps"] if horizon_changed(saved, config) else []  # the lr decays over steps
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {config[k]!r}" for k in changed)
         raise ValueError(f"cannot resume {ckpt_path} with different settings ({diffs})")

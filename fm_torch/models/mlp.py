@@ -1,7 +1,7 @@
 """The MLP velocity field of fm_numpy/mlp.py in PyTorch: same parameters, same arithmetic order.
 
     freqs_k = exp(-log(10000) k / half),  k = 0..half-1,  half = time_features // 2
-    phi(t)  = [cos(1000 t freqs), sin(1000 t freqs)]                  # (B, time_features)
+    phi(t)  = [cos(s t freqs), sin(s t freqs)]   s = time_scale (1000)  # (B, time_features)
     h_0     = concat[x, phi(t), E[y]]        (E[y] only with num_classes; y=None -> null row)
     a_i     = h_i @ W{i} + b{i},   h_{i+1} = a_i * sigmoid(a_i),   i = 0..depth-1
     v       = h_depth @ W{depth} + b{depth}                            # (B, dim)
@@ -35,11 +35,13 @@ class MLP(nn.Module):
     """v = MLP(x, t, y) with parameters "W0", "b0", ..., "W{depth}", "b{depth}" [, "E"]."""
 
     def __init__(self, dim, hidden=256, depth=3, time_features=32, num_classes=None, seed=0,
-                 dtype=torch.float32, mean_flow=False):
+                 dtype=torch.float32, mean_flow=False, time_scale=1000.0):
         super().__init__()
         reference = NumpyMLP(dim, hidden, depth, time_features, num_classes, seed,
-                             dtype=_dtype_name(dtype), mean_flow=mean_flow)
+                             dtype=_dtype_name(dtype), mean_flow=mean_flow,
+                             time_scale=time_scale)
         self.mean_flow = reference.mean_flow
+        self.time_scale = reference.time_scale
         self.config = dict(reference.config)
         self.dim, self.hidden, self.depth = reference.dim, reference.hidden, reference.depth
         self.time_features, self.num_classes = reference.time_features, reference.num_classes
@@ -71,7 +73,7 @@ class MLP(nn.Module):
             raise ValueError(f"t must lie in [0, 1], got values from {t.min().item()} to "
                              f"{t.max().item()}")
         t, interval = self._check_r(r, t, B)  # t <- r: the time of x; interval = t - r
-        targ = (1000 * t)[:, None] * self.freqs  # (B, T/2)
+        targ = (self.time_scale * t)[:, None] * self.freqs  # (B, T/2)
         parts = [x, torch.cos(targ), torch.sin(targ)]
         if self.num_classes:
             if y is None:
