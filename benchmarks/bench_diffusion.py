@@ -43,7 +43,7 @@ from fm_numpy.diffusion import (
     scaled_linear_betas,
 )
 from fm_numpy.metrics import energy_distance, noise_floor
-from fm_numpy.mlp import MLP
+from fm_numpy.models.mlp import MLP
 from fm_numpy.optim import Adam
 from fm_numpy.paths import AffinePath
 from fm_numpy.solvers import odeint

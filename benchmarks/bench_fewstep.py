@@ -104,7 +104,7 @@ def coupling_cost(quick):
 
     import fm_numpy.coupling as npc
     import fm_torch.coupling as thc
-    from fm_numpy.mlp import MLP
+    from fm_numpy.models.mlp import MLP
     from fm_numpy.optim import Adam
     from fm_numpy.paths import AffinePath
 

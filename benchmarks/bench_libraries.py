@@ -162,7 +162,7 @@ class _NumpyRun:
     name = "fm_numpy (ours)"
 
     def __init__(self):
-        from fm_numpy.mlp import MLP
+        from fm_numpy.models.mlp import MLP
         from fm_numpy.optim import Adam
         from fm_numpy.paths import AffinePath, CondOT
 

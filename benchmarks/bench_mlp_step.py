@@ -40,7 +40,7 @@ def _blas_threads():
 
 
 def numpy_stepper(hidden, depth, fast=True):
-    from fm_numpy.mlp import MLP
+    from fm_numpy.models.mlp import MLP
     from fm_numpy.optim import Adam
     from fm_numpy.paths import AffinePath, CondOT
 

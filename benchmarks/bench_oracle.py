@@ -26,7 +26,7 @@ import numpy as np
 from fm_numpy.analytic import eight_gaussians_mixture
 from fm_numpy.io import atomic_path
 from fm_numpy.likelihood import log_likelihood
-from fm_numpy.mlp import MLP
+from fm_numpy.models.mlp import MLP
 from fm_numpy.paths import make_scheduler
 from fm_numpy.train import train
 

@@ -48,7 +48,7 @@ def _interleave(fns, reps):
 def overhead_rows(batch, reps, notes):
     import torch
 
-    from fm_numpy.mlp import MLP
+    from fm_numpy.models.mlp import MLP
     from fm_numpy.solvers import odeint as np_odeint
     from fm_torch.models.mlp import MLP as TorchMLP
     from fm_torch.solvers import odeint as torch_odeint
@@ -93,7 +93,7 @@ def overhead_rows(batch, reps, notes):
 def chunk_rows(n, reps):
     import torch
 
-    from fm_numpy.mlp import MLP
+    from fm_numpy.models.mlp import MLP
     from fm_numpy.sampling import sample_in_chunks
     from fm_numpy.solvers import odeint as np_odeint
     from fm_torch.models.mlp import MLP as TorchMLP

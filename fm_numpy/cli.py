@@ -119,7 +119,7 @@ def add_train_parser(subparsers):
     p.add_argument("--batch", type=int, help="batch size (default 512; mnist 128)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default 2e-3; mnist 1e-3)")
     p.add_argument("--arch", choices=("mlp", "resmlp"),
-                   help="network: mlp (fm_numpy/mlp.py) or resmlp (residual LayerNorm MLP, "
+                   help="network: mlp (fm_numpy/models/mlp.py) or resmlp (residual LayerNorm MLP, "
                         "fm_numpy/models/resmlp.py); default mlp, mnist resmlp")
     p.add_argument("--hidden", type=int, help="hidden width (default 256; mnist 768)")
     p.add_argument("--depth", type=int, help="hidden layers / residual blocks (default 3; "

@@ -1,4 +1,4 @@
-"""Fast elementwise kernels beside the plain lines of fm_numpy/mlp.py and fm_numpy/optim.py.
+"""Fast elementwise kernels beside the plain lines of fm_numpy/models/mlp.py and fm_numpy/optim.py.
 
 Each kernel runs exactly the ufunc sequence of the plain code it replaces, element for
 element, so its results are bitwise identical (tests/test_numpy_kernels.py proves it in

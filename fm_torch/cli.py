@@ -150,9 +150,10 @@ def cmd_sample(args):
     import numpy as np
     import torch
 
+    from fm_torch.plots import save_image_grid, save_scatter
     from fm_torch.sampling import NpzStreamWriter, check_output_fits, sample_in_chunks
     from fm_torch.solvers import ClassifierFreeGuidance
-    from fm_torch.train import load_model, sample, save_image_grid, save_scatter
+    from fm_torch.train import load_model, sample
 
     if args.steps < 1 or args.per_class < 1 or args.n < 1 or args.chunk < 1:
         raise ValueError("--steps, --per-class, -n and --chunk must be positive integers")
@@ -258,7 +259,7 @@ def _sample_whole(args, model, checkpoint, sample):
     import torch
 
     from fm_numpy.io import save_npz
-    from fm_torch.train import save_image_grid, save_scatter
+    from fm_torch.plots import save_image_grid, save_scatter
 
     device = torch.device(args.device)
     if getattr(model, "mean_flow", False):

@@ -30,14 +30,25 @@ import torch
 import torch.distributed as dist
 from torch.nn import functional as F
 
-from fm_numpy.io import atomic_path, read_log, save_json, write_log
-from fm_numpy.schedules import LEGACY, RECIPE_DEFAULTS, horizon_changed, make_recipe
+from fm_numpy.io import read_log, save_json, write_log
+from fm_numpy.schedules import LEGACY, horizon_changed, make_recipe
 from fm_numpy.train import DeferredSigint, TrainingInterrupted
-from fm_torch.data import DATASETS, load_mnist_tensors, shard, toy_tensor
+from fm_torch.data import load_mnist_tensors, shard, toy_tensor
 from fm_torch.ema import EMA
 from fm_torch.io import load_checkpoint, save_checkpoint
 from fm_torch.paths import AffinePath, make_scheduler
+from fm_torch.plots import plot_progress
 from fm_torch.schedules import TimeSampler, set_lr
+from fm_torch.train_config import (  # the settings and the networks they describe
+    _RESUMABLE,
+    DEFAULTS,
+    MNIST_DEFAULTS,
+    build_model,
+    load_model,
+    resolve_config,
+)
+
+_CKPT = "ckpt.pt"
 
 __all__ = [
     "DEFAULTS",
@@ -50,108 +61,10 @@ __all__ = [
     "flow_matching_loss",
     "train",
     "sample",
-    "save_image_grid",
-    "save_scatter",
 ]
-
-DEFAULTS = {
-    "data": "8gaussians", "steps": 6000, "batch": 512, "lr": 2e-3, "hidden": 256, "depth": 3,
-    "time_features": 32, "scheduler": "condot", "seed": 0, "ckpt_every": 1000,
-    "label_dropout": 0.1, "weight_decay": 0.0, "max_grad_norm": 1.0, "ema_decay": 0.999,
-    "base": 32, "mults": [1, 2, 2], "res_blocks": 1, "sample_every": 1000, "n_train": None,
-    "toy_pool": 100_000, "bf16": False, "compile": False,
-    "coupling": "independent", "coupling_block": None, "objective": "fm",
-    "meanflow_ratio": 0.25, "meanflow_norm_p": 1.0, "pairs": None, "distill": False,
-    "diffusion": None, "init_from": None,  # fm_torch/train_diffusion.py: DDPM, Diff2Flow
-    "time_scale": 1000.0, **RECIPE_DEFAULTS,
-}
-MNIST_DEFAULTS = {"steps": 3000, "batch": 128, "lr": 1e-3, "weight_decay": 0.0}
-
-# settings that may change when a run is resumed; everything else must match the checkpoint
-_RESUMABLE = ("steps", "ckpt_every", "sample_every", "bf16", "compile")
-_CKPT = "ckpt.pt"
-
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-def resolve_config(**overrides):
-    """Defaults (MNIST's for data="mnist"), then the given non-None overrides; validated."""
-    data = overrides.get("data") or DEFAULTS["data"]
-    if data not in DATASETS:
-        raise ValueError(f"unknown data set {data!r}; choose one of {', '.join(DATASETS)}")
-    config = dict(DEFAULTS)
-    if data == "mnist":
-        config.update(MNIST_DEFAULTS)
-    config.update({k: v for k, v in overrides.items() if v is not None})
-    unknown = set(config) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown training settings: {', '.join(sorted(unknown))}")
-    config["mults"] = [int(m) for m in config["mults"]]
-    for key in ("steps", "batch", "hidden", "depth", "ckpt_every", "sample_every", "base",
-                "res_blocks", "toy_pool"):
-        if int(config[key]) != config[key] or config[key] < 1:
-            raise ValueError(f"{key} must be a positive integer, got {config[key]}")
-    if not config["mults"] or min(config["mults"]) < 1:
-        raise ValueError(f"mults must be positive integers, got {config['mults']}")
-    if not config["lr"] > 0:
-        raise ValueError(f"lr must be positive, got {config['lr']}")
-    if not 0 <= config["label_dropout"] < 1:
-        raise ValueError(f"label_dropout must lie in [0, 1), got {config['label_dropout']}")
-    if not 0 <= config["ema_decay"] < 1:
-        raise ValueError(f"ema_decay must lie in [0, 1), got {config['ema_decay']}")
-    if config["max_grad_norm"] is not None and not config["max_grad_norm"] > 0:
-        raise ValueError(f"max_grad_norm must be positive, got {config['max_grad_norm']}")
-    make_scheduler(config["scheduler"])  # raises ValueError for an unknown name
-    if config["diffusion"] is not None:
-        from fm_torch.train_diffusion import check_diffusion_config
-
-        config["diffusion"] = check_diffusion_config(config["diffusion"], config["scheduler"])
-    from fm_numpy.fewstep import check_fewstep_settings
-
-    check_fewstep_settings(config)
-    if config["objective"] == "meanflow" and config["diffusion"] is not None:
-        raise ValueError("objective meanflow trains a flow; it cannot be combined with a "
-                         "diffusion objective")
-    if not 0 < config["time_scale"] < float("inf"):
-        raise ValueError(f"time_scale must be a positive finite number, got {config['time_scale']}")
-    make_recipe(config)  # lr schedule and time sampling: ValueError for a bad setting
-    return config
-
-
-def build_model(config):
-    """The U-Net (data="mnist") or the MLP (2-D toys) that config describes."""
-    if config["data"] == "mnist":
-        from fm_torch.models.unet import UNet
-
-        return UNet(1, config["base"], tuple(config["mults"]), config["res_blocks"],
-                    config["time_features"], num_classes=10,
-                    mean_flow=config.get("objective") == "meanflow")
-    from fm_torch.models.mlp import MLP
-
-    return MLP(2, config["hidden"], config["depth"], config["time_features"], None,
-               seed=config["seed"], mean_flow=config.get("objective") == "meanflow",
-               time_scale=config["time_scale"])
-
-
-def load_model(path, ema=True, map_location="cpu"):
-    """(model, checkpoint) from a ckpt.pt; the EMA weights unless ema=False. Model in eval mode."""
-    checkpoint = load_checkpoint(path, map_location=map_location)
-    for key in ("config", "model", "ema", "step"):
-        if key not in checkpoint:
-            raise ValueError(f"{path} is not an fm-torch training checkpoint (no {key!r})")
-    config = resolve_config(**checkpoint["config"])
-    model = build_model(config)
-    state = checkpoint["ema"]["model"] if ema else checkpoint["model"]
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        reason = str(e).splitlines()[0]
-        raise ValueError(f"{path}: weights do not fit the model ({reason})") from None
-    from fm_torch.train_diffusion import velocity_view  # a diffusion net as its flow
-
-    return velocity_view(config, model).eval(), checkpoint
 
 
 def flow_matching_loss(model, path, x1, y, x0, t):
@@ -359,7 +272,7 @@ def _train(out, resume, progress, device, data_dir, config, world_size, rank, tq
                 raise TrainingInterrupted(
                     f"interrupted at step {step}; checkpoint saved in {out}, resume to continue")
             if is_main and step % config["sample_every"] == 0:
-                _plot_progress(out, config, velocity_view(config, ema.model), step, device)
+                plot_progress(out, config, velocity_view(config, ema.model), step, device)
     finally:
         sigint.__exit__(None, None, None)
         bar.close()
@@ -442,63 +355,3 @@ def sample(model, x0, y=None, guidance=1.0, method="midpoint", steps=20, return_
         lambda x, t: model(x, t, None))
     t_grid = torch.linspace(0, 1, int(steps) + 1, dtype=torch.float64)
     return odeint(v, x0, t_grid, method=method, return_nfe=return_nfe)
-
-
-def _to_unit(x):
-    """Images from [-1, 1] (clipped) to [0, 1]: (x + 1) / 2."""
-    return ((x.clamp(-1, 1) + 1) / 2).float()
-
-
-def save_image_grid(path, images, rows):
-    """Tile images (N, 28, 28) in [0, 1] into `rows` rows and write a grey PNG atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    images = np.asarray(images, dtype=np.float32)
-    n, h, w = images.shape
-    cols = -(-n // rows)
-    canvas = np.ones((rows * (h + 2) + 2, cols * (w + 2) + 2), dtype=np.float32)
-    for i in range(n):
-        r, c = divmod(i, cols)
-        top, left = 2 + r * (h + 2), 2 + c * (w + 2)
-        canvas[top : top + h, left : left + w] = images[i]
-    canvas = np.kron(canvas, np.ones((3, 3), dtype=np.float32))  # 3x upscale for viewing
-    with atomic_path(path) as tmp:
-        plt.imsave(tmp, canvas, cmap="gray", vmin=0, vmax=1, format="png")
-
-
-def save_scatter(path, points, title=""):
-    """Scatter plot of 2-D points (N, 2), written as a PNG atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
-    ax.scatter(points[:, 0], points[:, 1], s=1, alpha=0.5)
-    ax.set_xlim(-4, 4)
-    ax.set_ylim(-4, 4)
-    ax.set_aspect("equal")
-    ax.set_title(title)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-    plt.close(fig)
-
-
-def _plot_progress(out, config, model, step, device):
-    g = torch.Generator().manual_seed(1234)
-    model.eval()
-    if config["data"] == "mnist":
-        y = torch.arange(10).repeat_interleave(10).to(device)  # (100,) one row per class
-        x0 = torch.randn((100, 1, 28, 28), generator=g).to(device)
-        x1 = sample(model, x0, y, guidance=2.0, method="midpoint", steps=10)[-1]
-        save_image_grid(os.path.join(out, f"samples_{step:07d}.png"),
-                        _to_unit(x1[:, 0]).cpu().numpy(), rows=10)
-    else:
-        x0 = torch.randn((2000, 2), generator=g).to(device)
-        x1 = sample(model, x0, None, method="midpoint", steps=20)[-1]
-        save_scatter(os.path.join(out, f"samples_{step:07d}.png"), x1.cpu().numpy(),
-                     f"{config['data']}, step {step}")

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 import fm_numpy.likelihood as np_lik
 import fm_torch.likelihood as th_lik
-from fm_numpy.mlp import MLP as NumpyMLP
+from fm_numpy.models.mlp import MLP as NumpyMLP
 from fm_torch.models.mlp import MLP as TorchMLP
 
 METHODS = ("euler", "midpoint", "heun", "rk4")

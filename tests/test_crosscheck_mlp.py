@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 import fm_numpy.optim as np_optim
 import fm_numpy.paths as np_paths
 import fm_torch.paths as th_paths
-from fm_numpy.mlp import MLP as NumpyMLP
+from fm_numpy.models.mlp import MLP as NumpyMLP
 from fm_torch.models.mlp import MLP as TorchMLP
 
 DTYPES = [np.float64, np.float32]

@@ -10,7 +10,7 @@ import torch
 from fm_numpy import schedules as np_sched
 from fm_numpy.ema import EMA as NumpyEMA
 from fm_numpy.io import load_npz
-from fm_numpy.mlp import MLP as NumpyMLP
+from fm_numpy.models.mlp import MLP as NumpyMLP
 from fm_numpy.optim import Adam as NumpyAdam
 from fm_numpy.paths import AffinePath as NumpyPath
 from fm_numpy.paths import CondOT as NumpyCondOT

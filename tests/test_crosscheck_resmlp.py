@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from fm_numpy.mlp import MLP as NumpyMLP
 from fm_numpy.models import load_model, model_class
+from fm_numpy.models.mlp import MLP as NumpyMLP
 from fm_numpy.models.resmlp import ResMLP as NumpyResMLP
 from fm_numpy.models.resmlp import layer_norm, layer_norm_backward
 from fm_numpy.optim import Adam

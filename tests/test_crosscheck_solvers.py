@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 import fm_numpy.solvers as np_solvers
 import fm_torch.solvers as th_solvers
-from fm_numpy.mlp import MLP as NumpyMLP
+from fm_numpy.models.mlp import MLP as NumpyMLP
 from fm_torch.models.mlp import MLP as TorchMLP
 
 METHODS = ("euler", "midpoint", "heun", "rk4")

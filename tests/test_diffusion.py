@@ -372,7 +372,7 @@ def test_euler_on_the_time_grid_is_ddim_for_x0_prediction_until_the_last_step():
 @pytest.mark.parametrize("prediction", ["epsilon", "v", "x0"])
 def test_wrapper_backward_matches_finite_differences(prediction):
     from fm_numpy.diffusion import TimestepModel
-    from fm_numpy.mlp import MLP
+    from fm_numpy.models.mlp import MLP
 
     net = MLP(2, hidden=8, depth=2, time_features=4, seed=3, dtype=np.float64)
     v = DiffusionToFlow(TimestepModel(net), SD, prediction)
@@ -409,7 +409,7 @@ TOY = "moons"
 @pytest.fixture(scope="module")
 def toy_ddpm():
     from fm_numpy.diffusion import TimestepModel, ddpm_loss
-    from fm_numpy.mlp import MLP
+    from fm_numpy.models.mlp import MLP
     from fm_numpy.optim import Adam
 
     net = MLP(2, hidden=64, depth=3, time_features=32, seed=0, dtype=np.float32)
@@ -450,7 +450,7 @@ def test_flow_ode_of_a_trained_ddpm_matches_ddim_at_equal_nfe(toy_ddpm):
 @pytest.mark.slow
 def test_flow_matching_fine_tune_of_a_ddpm_starts_low(toy_ddpm):
     from fm_numpy.diffusion import TimestepModel
-    from fm_numpy.mlp import MLP
+    from fm_numpy.models.mlp import MLP
     from fm_numpy.optim import Adam
     from fm_numpy.paths import AffinePath
 

@@ -129,7 +129,7 @@ def test_ddpm_loss_ddim_and_flow_sampling_agree():
 
 
 def test_wrapped_torch_mlp_equals_wrapped_numpy_mlp():
-    from fm_numpy.mlp import MLP as MLPNumpy
+    from fm_numpy.models.mlp import MLP as MLPNumpy
     from fm_torch.models.mlp import MLP as MLPTorch
 
     abar = SCHEDULES["sd"]

@@ -8,7 +8,7 @@ import torch
 
 import fm_numpy.cli as np_cli
 import fm_torch.cli as th_cli
-from fm_numpy.mlp import MLP
+from fm_numpy.models.mlp import MLP
 from fm_numpy.reflow import generate_pairs, load_pairs, reflow
 from fm_numpy.train import train
 

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from fm_numpy import data as np_data
 from fm_numpy.io import load_npz, save_npz
-from fm_numpy.mlp import MLP as NumpyMLP
+from fm_numpy.models.mlp import MLP as NumpyMLP
 from fm_torch.io import load_checkpoint, save_checkpoint
 from fm_torch.models.mlp import MLP as TorchMLP
 

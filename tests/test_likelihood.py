@@ -37,7 +37,7 @@ from fm_numpy.likelihood import (
     standard_normal_log_prob,
     to_model_space,
 )
-from fm_numpy.mlp import MLP
+from fm_numpy.models.mlp import MLP
 from fm_numpy.paths import make_scheduler
 from fm_torch.models.mlp import MLP as TorchMLP
 

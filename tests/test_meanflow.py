@@ -8,7 +8,7 @@ import fm_numpy.meanflow as npm
 import fm_numpy.paths as np_paths
 import fm_torch.meanflow as thm
 import fm_torch.paths as th_paths
-from fm_numpy.mlp import MLP as NumpyMLP
+from fm_numpy.models.mlp import MLP as NumpyMLP
 from fm_torch.models.mlp import MLP as TorchMLP
 
 

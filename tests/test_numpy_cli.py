@@ -36,7 +36,7 @@ def test_train_then_sample_writes_files_and_pngs(tmp_path, capsys):
 
 
 def test_sample_class_conditional_model_writes_images_and_grid(tmp_path):
-    from fm_numpy.mlp import MLP
+    from fm_numpy.models.mlp import MLP
 
     MLP(784, hidden=8, depth=1, time_features=4, num_classes=10).save_npz(tmp_path / "m.npz")
     out = tmp_path / "digits.npz"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fm_numpy import kernels
-from fm_numpy.mlp import MLP
+from fm_numpy.models.mlp import MLP
 from fm_numpy.optim import Adam
 
 

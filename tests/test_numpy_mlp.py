@@ -1,11 +1,11 @@
-"""fm_numpy.mlp: manual gradients, jvp and divergence against central finite differences."""
+"""fm_numpy.models.mlp: manual gradients, jvp and divergence against central finite differences."""
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fm_numpy.mlp import MLP
+from fm_numpy.models.mlp import MLP
 
 shapes = st.fixed_dictionaries({
     "dim": st.integers(1, 4),
@@ -81,7 +81,7 @@ def test_jvp_and_divergence_match_finite_differences(cfg, labels):
 
 
 def test_divergence_in_chunks_for_784_dimensions(monkeypatch):
-    import fm_numpy.mlp as mlp_module
+    import fm_numpy.models.mlp as mlp_module
 
     model = MLP(784, hidden=16, depth=2, time_features=4, num_classes=10, dtype=np.float64)
     rng = np.random.default_rng(0)

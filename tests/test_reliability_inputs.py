@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import fm_numpy.mlp as np_mlp
+import fm_numpy.models.mlp as np_mlp
 import fm_numpy.paths as np_paths
 import fm_numpy.solvers as np_solvers
 import fm_numpy.train as np_train

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from fm_numpy.mlp import MLP
+from fm_numpy.models.mlp import MLP
 from fm_numpy.sampling import NpzStreamWriter, check_output_fits, sample_in_chunks
 from fm_numpy.solvers import ClassifierFreeGuidance, odeint
 

@@ -1,9 +1,9 @@
-"""fm_torch.models.mlp against fm_numpy.mlp: forward through the shared .npz, and gradients."""
+"""fm_torch.models.mlp against fm_numpy.models.mlp: forward through the shared .npz, gradients."""
 
 import numpy as np
 import pytest
 
-from fm_numpy.mlp import MLP as NumpyMLP
+from fm_numpy.models.mlp import MLP as NumpyMLP
 
 torch = pytest.importorskip("torch")
 from fm_torch.models.mlp import MLP as TorchMLP  # noqa: E402

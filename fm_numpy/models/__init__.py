@@ -1,4 +1,4 @@
-"""The networks of fm_numpy beyond the MLP (fm_numpy/mlp.py), and `load_model` for any .npz."""
+"""The networks of fm_numpy (models/mlp.py, models/resmlp.py) and `load_model` for any .npz."""
 
 import json
 
@@ -10,9 +10,9 @@ ARCHITECTURES = ("mlp", "resmlp")
 
 
 def model_class(arch):
-    """The class of an architecture name: "mlp" -> fm_numpy.mlp.MLP, "resmlp" -> ResMLP."""
+    """The class of an architecture name: "mlp" -> fm_numpy.models.mlp.MLP, "resmlp" -> ResMLP."""
     if arch == "mlp":
-        from fm_numpy.mlp import MLP
+        from fm_numpy.models.mlp import MLP
 
         return MLP
     if arch == "resmlp":

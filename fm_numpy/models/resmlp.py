@@ -2,7 +2,7 @@
 
 Architecture (identical in fm_torch/models/resmlp.py, parameter for parameter):
 
-    phi(t)  = [cos(1000 t freqs), sin(1000 t freqs)]        (as fm_numpy.mlp)  # (B, T)
+    phi(t)  = [cos(1000 t freqs), sin(1000 t freqs)]        (as fm_numpy.models.mlp)  # (B, T)
     h_0     = concat[x, phi(t), E[y]]        (E[y] only with num_classes; y=None -> null row)
     z_0     = h_0 @ W_in + b_in                                                # (B, H)
     for k = 0..depth-1 (pre-norm residual blocks):
@@ -22,7 +22,8 @@ import json
 import numpy as np
 
 from fm_numpy.io import load_npz, save_npz
-from fm_numpy.mlp import _config_dtype, _read_config
+from fm_numpy.models.files import config_dtype as _config_dtype
+from fm_numpy.models.files import read_config as _read_config
 
 __all__ = ["ResMLP", "LN_EPS", "layer_norm", "layer_norm_backward"]
 

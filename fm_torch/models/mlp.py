@@ -1,4 +1,4 @@
-"""The MLP velocity field of fm_numpy/mlp.py in PyTorch: same parameters, same arithmetic order.
+"""The MLP of fm_numpy/models/mlp.py in PyTorch: same parameters, same arithmetic order.
 
     freqs_k = exp(-log(10000) k / half),  k = 0..half-1,  half = time_features // 2
     phi(t)  = [cos(s t freqs), sin(s t freqs)]   s = time_scale (1000)  # (B, time_features)
@@ -7,8 +7,8 @@
     v       = h_depth @ W{depth} + b{depth}                            # (B, dim)
 
 mean_flow=True: the average velocity u(x, r, t), phi(r) in place of phi(t) and phi(t - r)
-appended to h_0 (as fm_numpy/mlp.py); r=None means r = t.
-Initial weights are those of fm_numpy.mlp.MLP with the same seed, so both packages start
+appended to h_0 (as fm_numpy/models/mlp.py); r=None means r = t.
+Initial weights are those of fm_numpy.models.mlp.MLP with the same seed, so both packages start
 from the same network. Weights move both ways through one .npz file.
 """
 
@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from fm_numpy.io import load_npz, save_npz
-from fm_numpy.mlp import MLP as NumpyMLP
-from fm_numpy.mlp import _read_config, read_weights
+from fm_numpy.models.files import MLP_FILE_DEFAULTS, read_weights
+from fm_numpy.models.files import read_config as _read_config
+from fm_numpy.models.mlp import MLP as NumpyMLP
 
 __all__ = ["MLP"]
 
@@ -69,7 +70,7 @@ class MLP(nn.Module):
             t = t.expand(B)
         elif t.shape != (B,):
             raise ValueError(f"t must be a scalar or have shape ({B},), got {tuple(t.shape)}")
-        if not bool(((t >= 0) & (t <= 1)).all()):  # as fm_numpy.mlp: NaN fails too
+        if not bool(((t >= 0) & (t <= 1)).all()):  # as fm_numpy.models.mlp: NaN fails too
             raise ValueError(f"t must lie in [0, 1], got values from {t.min().item()} to "
                              f"{t.max().item()}")
         t, interval = self._check_r(r, t, B)  # t <- r: the time of x; interval = t - r
@@ -125,7 +126,7 @@ class MLP(nn.Module):
     @classmethod
     def from_npz(cls, path, dtype=None):
         """Build the MLP an .npz file describes, with its weights (dtype overrides the file's)."""
-        config = _read_config(load_npz(path), path)
+        config = _read_config(load_npz(path), path, MLP_FILE_DEFAULTS)
         if dtype is not None:
             config["dtype"] = _dtype_name(dtype)
         try:

@@ -10,7 +10,7 @@ Conditioning: emb = MLP(phi(t)) + E[y], added inside every ResBlock, with
   the null class, used when y is None (classifier-free guidance).
 mean_flow=True (MeanFlow's average velocity u(x, r, t), x at time r): emb = MLP(phi(r))
   + MLP'(phi(t - r)) + E[y], with a second time MLP of the same shape, both features at
-  100 t freqs (fm_numpy.mlp.MEAN_FLOW_TIME_RATE); r=None means r = t.
+  100 t freqs (fm_numpy.models.mlp.MEAN_FLOW_TIME_RATE); r=None means r = t.
 """
 
 import math
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fm_numpy.mlp import MEAN_FLOW_TIME_RATE
+from fm_numpy.models.mlp import MEAN_FLOW_TIME_RATE
 
 __all__ = ["UNet", "time_features"]
 
@@ -175,7 +175,7 @@ class UNet(nn.Module):
             r = torch.as_tensor(r, dtype=t.dtype, device=device)
             r = r.expand(batch) if r.ndim == 0 else r
         t_x = t if r is None else r  # the time of x
-        if self.mean_flow:  # features at 100 t freqs, as fm_numpy.mlp.MEAN_FLOW_TIME_RATE
+        if self.mean_flow:  # features at 100 t freqs, as fm_numpy.models.mlp.MEAN_FLOW_TIME_RATE
             emb = self.time_mlp(time_features(t_x * MEAN_FLOW_TIME_RATE, self.n_time))
             emb = emb + self.interval_mlp(
                 time_features((t - t_x) * MEAN_FLOW_TIME_RATE, self.n_time))  # (B, 4C)

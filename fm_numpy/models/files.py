@@ -1,0 +1,60 @@
+"""Network .npz files: the JSON config every network writes beside its arrays, and the
+architecture check shared by the MLPs of both packages (fm_numpy/models/mlp.py,
+fm_torch/models/mlp.py) before they copy weights in."""
+
+import json
+
+import numpy as np
+
+from fm_numpy.io import load_npz
+
+__all__ = ["config_dtype", "read_config", "read_weights", "MLP_FILE_DEFAULTS"]
+
+
+def config_dtype(dtype):
+    """The dtype name a network config stores: float32 or float64, else a ValueError."""
+    name = np.dtype(dtype).name
+    if name not in ("float32", "float64"):
+        raise ValueError(f"dtype must be float32 or float64, got {name}")
+    return name
+
+
+def read_weights(path, config, shapes):
+    """The parameter arrays of an MLP .npz, checked against an architecture.
+
+    Refuses (ValueError naming the file) a file whose config differs from `config` in
+    anything but seed and dtype, or whose arrays miss a name of `shapes` or have another
+    shape. Shared by fm_numpy's and fm_torch's MLP.load_npz.
+    """
+    arrays = load_npz(path)
+    theirs_config = read_config(arrays, path, MLP_FILE_DEFAULTS)
+    keys = (set(config) | set(theirs_config)) - {"seed", "dtype"}  # mean_flow only when True
+    mine = {k: config.get(k) for k in sorted(keys)}
+    theirs = {k: theirs_config.get(k) for k in sorted(keys)}
+    if mine != theirs:
+        raise ValueError(f"{path} holds an MLP with {theirs}, not {mine}")
+    for name, shape in shapes.items():
+        if name not in arrays or arrays[name].shape != tuple(shape):
+            got = arrays[name].shape if name in arrays else "nothing"
+            raise ValueError(
+                f"{path}: parameter {name} should have shape {tuple(shape)}, got {got}")
+    return {name: arrays[name] for name in shapes}
+
+
+# MLP settings added after the first files were written, with the value those files meant
+MLP_FILE_DEFAULTS = {"time_scale": 1000.0}
+
+
+def read_config(arrays, path, defaults=None):
+    """The JSON "config" of a network .npz as a dict; `defaults` fill keys older files lack."""
+    if "config" not in arrays:
+        raise ValueError(f"{path} has no 'config' entry; it is not an MLP file")
+    try:
+        config = json.loads(str(arrays["config"]))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: config is not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: config is not a JSON object")
+    for key, value in (defaults or {}).items():
+        config.setdefault(key, value)
+    return config
