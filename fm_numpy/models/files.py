@@ -19,20 +19,29 @@ def config_dtype(dtype):
     return name
 
 
-def read_weights(path, config, shapes):
-    """The parameter arrays of an MLP .npz, checked against an architecture.
+# How a refusal names each architecture ("holds an MLP with ..., not ...")
+_NAMES = {"mlp": "an MLP", "resmlp": "a ResMLP"}
 
-    Refuses (ValueError naming the file) a file whose config differs from `config` in
-    anything but seed and dtype, or whose arrays miss a name of `shapes` or have another
-    shape. Shared by fm_numpy's and fm_torch's MLP.load_npz.
+
+def read_weights(path, config, shapes, defaults=None):
+    """The parameter arrays of a network .npz, checked against an architecture.
+
+    Refuses (ValueError naming the file) a file of another architecture (config "arch",
+    none meaning "mlp"), one whose config differs from `config` in anything but seed and
+    dtype (keys it lacks take `defaults`), or whose arrays miss a name of `shapes` or have
+    another shape. Shared by the MLPs and ResMLPs of both packages.
     """
     arrays = load_npz(path)
-    theirs_config = read_config(arrays, path, MLP_FILE_DEFAULTS)
+    theirs_config = read_config(arrays, path, defaults)
+    mine_arch, theirs_arch = config.get("arch", "mlp"), theirs_config.get("arch", "mlp")
+    if theirs_arch != mine_arch:
+        raise ValueError(f"{path} holds a {theirs_arch!r} network, not a {mine_arch!r} one")
     keys = (set(config) | set(theirs_config)) - {"seed", "dtype"}  # mean_flow only when True
     mine = {k: config.get(k) for k in sorted(keys)}
     theirs = {k: theirs_config.get(k) for k in sorted(keys)}
     if mine != theirs:
-        raise ValueError(f"{path} holds an MLP with {theirs}, not {mine}")
+        name = _NAMES.get(mine_arch, f"a {mine_arch!r} network")
+        raise ValueError(f"{path} holds {name} with {theirs}, not {mine}")
     for name, shape in shapes.items():
         if name not in arrays or arrays[name].shape != tuple(shape):
             got = arrays[name].shape if name in arrays else "nothing"

@@ -359,7 +359,7 @@ class MLP:
     def load_npz(self, path):
         """Load parameters from an .npz written by either package; refuses another architecture."""
         shapes = {name: p.shape for name, p in self.params.items()}
-        for name, value in read_weights(path, self.config, shapes).items():
+        for name, value in read_weights(path, self.config, shapes, MLP_FILE_DEFAULTS).items():
             self.params[name][...] = value
         return self
 

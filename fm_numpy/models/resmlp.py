@@ -24,6 +24,7 @@ import numpy as np
 from fm_numpy.io import load_npz, save_npz
 from fm_numpy.models.files import config_dtype as _config_dtype
 from fm_numpy.models.files import read_config as _read_config
+from fm_numpy.models.files import read_weights
 
 __all__ = ["ResMLP", "LN_EPS", "layer_norm", "layer_norm_backward"]
 
@@ -264,26 +265,3 @@ class ResMLP:
         except TypeError as e:
             raise ValueError(f"{path}: config is not a ResMLP configuration ({e})") from None
         return model.load_npz(path)
-
-
-def read_weights(path, config, shapes):
-    """The parameter arrays of a ResMLP .npz, checked against an architecture (both packages).
-
-    Refuses (ValueError naming the file) another architecture, a config that differs in
-    anything but seed and dtype, or a missing or misshapen parameter.
-    """
-    arrays = load_npz(path)
-    theirs_config = _read_config(arrays, path)
-    mine = {k: v for k, v in config.items() if k not in ("seed", "dtype")}
-    theirs = {k: theirs_config.get(k) for k in mine}
-    if theirs.get("arch") != ARCH:
-        raise ValueError(f"{path} holds a {theirs_config.get('arch', 'mlp')!r} network, not a "
-                         f"{ARCH!r} one")
-    if mine != theirs:
-        raise ValueError(f"{path} holds a ResMLP with {theirs}, not {mine}")
-    for name, shape in shapes.items():
-        if name not in arrays or arrays[name].shape != tuple(shape):
-            got = arrays[name].shape if name in arrays else "nothing"
-            raise ValueError(
-                f"{path}: parameter {name} should have shape {tuple(shape)}, got {got}")
-    return {name: arrays[name] for name in shapes}

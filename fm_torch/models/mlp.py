@@ -117,7 +117,7 @@ class MLP(nn.Module):
     def load_npz(self, path):
         """Load parameters from an .npz written by either package; refuses another architecture."""
         shapes = {name: tuple(p.shape) for name, p in self.named_parameters()}
-        arrays = read_weights(path, self.config, shapes)
+        arrays = read_weights(path, self.config, shapes, MLP_FILE_DEFAULTS)
         with torch.no_grad():
             for name, p in self.named_parameters():
                 p.copy_(torch.from_numpy(arrays[name]))

@@ -19,7 +19,8 @@ from torch import nn
 
 from fm_numpy.io import load_npz, save_npz
 from fm_numpy.models.files import read_config as _read_config
-from fm_numpy.models.resmlp import ARCH, LN_EPS, read_weights
+from fm_numpy.models.files import read_weights
+from fm_numpy.models.resmlp import ARCH, LN_EPS
 from fm_numpy.models.resmlp import ResMLP as NumpyResMLP
 from fm_torch.models.mlp import _dtype_name
 
