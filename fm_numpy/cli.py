@@ -116,9 +116,13 @@ def add_train_parser(subparsers):
     p.add_argument("--steps", type=int, help="optimizer steps (default 6000; mnist 6000)")
     p.add_argument("--batch", type=int, help="batch size (default 512; mnist 128)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default 2e-3; mnist 1e-3)")
-    p.add_argument("--arch", choices=("mlp", "resmlp"),
-                   help="network: mlp (fm_numpy/mlp.py) or resmlp (residual LayerNorm MLP, "
-                        "fm_numpy/models/resmlp.py); default mlp, mnist resmlp")
+    p.add_argument("--arch", choices=("mlp", "resmlp", "convnet"),
+                   help="network: mlp (fm_numpy/mlp.py), resmlp (residual LayerNorm MLP, "
+                        "fm_numpy/models/resmlp.py) or convnet (U-Net, images only, "
+                        "fm_numpy/models/convnet.py); default mlp, mnist resmlp")
+    p.add_argument("--warmup", type=int, help="linear lr warm-up steps (default 0)")
+    p.add_argument("--lr-decay", choices=("constant", "cosine"),
+                   help="lr after the warm-up (default constant)")
     p.add_argument("--hidden", type=int, help="hidden width (default 256; mnist 768)")
     p.add_argument("--depth", type=int, help="hidden layers / residual blocks (default 3; "
                                                 "mnist 4)")
@@ -147,7 +151,7 @@ def cmd_train(args):
                     scheduler=args.scheduler, seed=args.seed, ckpt_every=args.ckpt_every,
                     label_dropout=args.label_dropout, weight_decay=args.weight_decay,
                     max_grad_norm=args.max_grad_norm, dtype=args.dtype, n_train=args.n_train,
-                    arch=args.arch)
+                    arch=args.arch, warmup=args.warmup, lr_decay=args.lr_decay)
     _, losses = train(out, resume=args.resume, progress=not args.no_progress, **settings)
     if losses:
         plot_loss(losses, os.path.join(out, "loss.png"))

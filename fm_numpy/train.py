@@ -25,20 +25,25 @@ from fm_numpy.models import ARCHITECTURES, model_class
 from fm_numpy.optim import Adam
 from fm_numpy.paths import AffinePath, make_scheduler
 
-__all__ = ["DEFAULTS", "MNIST_DEFAULTS", "MNIST_RESMLP_DEFAULTS", "TrainingDiverged",
-           "TrainingInterrupted", "DeferredSigint", "train", "resolve_config"]
+__all__ = ["DEFAULTS", "MNIST_DEFAULTS", "MNIST_RESMLP_DEFAULTS",
+           "MNIST_CONVNET_DEFAULTS", "TrainingDiverged",
+           "TrainingInterrupted", "DeferredSigint", "train", "resolve_config", "learning_rate"]
 
 DEFAULTS = {
     "data": "8gaussians", "steps": 6000, "batch": 512, "lr": 2e-3, "hidden": 256, "depth": 3,
     "time_features": 32, "scheduler": "condot", "seed": 0, "ckpt_every": 1000,
     "label_dropout": 0.1, "weight_decay": 0.0, "max_grad_norm": None, "dtype": "float32",
-    "n_train": None, "arch": "mlp",
+    "n_train": None, "arch": "mlp", "warmup": 0, "lr_decay": "constant",
 }
 MNIST_DEFAULTS = {"steps": 3000, "batch": 128, "lr": 1e-3, "hidden": 512, "depth": 3}
 # MNIST's default network: the residual LayerNorm MLP of fm_numpy/models/resmlp.py (issue 13;
 # docs/numpy.md); MNIST_DEFAULTS above stay those of `--arch mlp`
 MNIST_RESMLP_DEFAULTS = {"steps": 6000, "batch": 128, "lr": 1e-3, "hidden": 768, "depth": 4,
                          "arch": "resmlp"}
+# with --arch convnet: the NumPy U-Net of fm_numpy/models/convnet.py (base width 16, widths
+# 16-32-32 at 28-14-7), about one epoch as `make demo`'s torch U-Net, cosine lr decay
+MNIST_CONVNET_DEFAULTS = {"steps": 800, "batch": 64, "lr": 2e-3, "hidden": 16, "depth": 3,
+                          "warmup": 50, "lr_decay": "cosine", "arch": "convnet"}
 
 # settings that may change when a run is resumed; everything else must match the checkpoint
 _RESUMABLE = ("steps", "ckpt_every")
@@ -80,7 +85,8 @@ def resolve_config(**overrides):
     data = overrides.get("data") or DEFAULTS["data"]
     config = dict(DEFAULTS)
     if data == "mnist":
-        config.update(MNIST_DEFAULTS if overrides.get("arch") == "mlp" else MNIST_RESMLP_DEFAULTS)
+        config.update({"mlp": MNIST_DEFAULTS, "convnet": MNIST_CONVNET_DEFAULTS}.get(
+            overrides.get("arch"), MNIST_RESMLP_DEFAULTS))
     config.update({k: v for k, v in overrides.items() if v is not None})
     unknown = set(config) - set(DEFAULTS)
     if unknown:
@@ -117,6 +123,10 @@ def resolve_config(**overrides):
         raise ValueError(f"unknown data set {config['data']!r}; choose mnist or one of "
                          f"{', '.join(TOY_DATASETS)}")
     make_scheduler(config["scheduler"])  # raises ValueError for an unknown name
+    if not (isinstance(config["warmup"], (int, np.integer)) and config["warmup"] >= 0):
+        raise ValueError(f"warmup must be a non-negative integer, got {config['warmup']!r}")
+    if config["lr_decay"] not in ("constant", "cosine"):
+        raise ValueError(f"lr_decay must be constant or cosine, got {config['lr_decay']!r}")
     if config["arch"] not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {config['arch']!r}; choose one of "
                          f"{', '.join(ARCHITECTURES)}")
@@ -233,6 +243,7 @@ def train(out, resume=False, progress=True, **settings):
                     f"loss is {loss} at step {step + 1}; stopped, the last good checkpoint "
                     f"(step {last_good}) is kept in {out}")
             diff *= 2.0 / diff.size  # dL/dv
+            opt.lr = learning_rate(config, step)
             opt.step(model.backward(diff))
             step += 1
             pending.append((step, loss))
@@ -259,6 +270,17 @@ def train(out, resume=False, progress=True, **settings):
     return model, losses
 
 
+def learning_rate(config, step):
+    """eta_n for step n = 0, 1, ...: linear warm-up over the first `warmup` steps, then
+    constant, or (lr_decay="cosine") eta_n = lr (1 + cos(pi (n - warmup) / (steps - warmup))) / 2."""
+    lr, warmup, steps = config["lr"], config["warmup"], config["steps"]
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    if config["lr_decay"] == "cosine" and steps > warmup:
+        return lr * 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / (steps - warmup)))
+    return lr
+
+
 def _save_checkpoint(out, ckpt_path, config, model, opt, rng, step):
     arrays = {f"model.{k}": p for k, p in model.params.items()}
     arrays.update({f"adam.{k}": v for k, v in opt.state_dict().items()})
@@ -275,6 +297,8 @@ def _load_checkpoint(ckpt_path, config, model, opt, rng):
             raise ValueError(f"{ckpt_path} is not a training checkpoint (no {key!r})")
     saved = json.loads(str(arrays["config"]))
     saved.setdefault("arch", "mlp")  # checkpoints from before --arch hold the MLP
+    saved.setdefault("warmup", 0)  # ... and from before the lr schedule, a constant lr
+    saved.setdefault("lr_decay", "constant")
     changed = [k for k in config if k not in _RESUMABLE and saved.get(k) != config[k]]
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {config[k]!r}" for k in changed)
