@@ -13,11 +13,14 @@ Layers are those of fm_numpy/models/conv.py; the torch twin is fm_torch/models/c
 
 A residual block k, input x (c_in channels) -> c_out channels:
 
-    a1 = silu(GN(x; k_gn1)),        h1 = conv3x3(a1; k_conv1) + (se @ k_We + k_be)[:, None, None]
-    a2 = silu(GN(h1; k_gn2)),       h2 = conv3x3(a2; k_conv2)
+    a1 = silu(GN(x; k_gn1)),        h1 = conv3x3(a1; k_conv1)
+    a2 = silu(GN(h1; k_gn2) + (se @ k_We + k_be)[:, None, None]),   h2 = conv3x3(a2; k_conv2)
     out = x + h2                    (c_in = c_out),   or   x @ k_Ws + k_bs + h2   (1x1 skip)
 
 k_conv2 and conv_out start at zero: every block starts as its skip path and v as 0.
+The embedding is added after the block's second GroupNorm, as a per-sample shift: added
+before it (as in fm_torch/models/unet.py) a per-channel constant is largely removed again
+by the normalisation (entirely when a group holds one channel).
 """
 
 import json
@@ -171,8 +174,8 @@ class ConvUNet:
         n1, xh1, r1 = L.group_norm(x, P[f"{k}_gn1_g"], P[f"{k}_gn1_b"], G1)  # (B, h, w, c_in)
         a1, s1 = L.silu(n1)  # (B, h, w, c_in)
         h1, P1 = L.conv3x3(a1, P[f"{k}_conv1_W"], P[f"{k}_conv1_b"])  # (B, h, w, c_out)
-        h1 = h1 + (se @ P[f"{k}_We"] + P[f"{k}_be"])[:, None, None, :]  # (B, h, w, c_out)
         n2, xh2, r2 = L.group_norm(h1, P[f"{k}_gn2_g"], P[f"{k}_gn2_b"], G2)  # (B, h, w, c_out)
+        n2 = n2 + (se @ P[f"{k}_We"] + P[f"{k}_be"])[:, None, None, :]  # (B, h, w, c_out)
         a2, s2 = L.silu(n2)  # (B, h, w, c_out)
         h2, P2 = L.conv3x3(a2, P[f"{k}_conv2_W"], P[f"{k}_conv2_b"])  # (B, h, w, c_out)
         if f"{k}_Ws" in P:
@@ -215,7 +218,7 @@ class ConvUNet:
     __call__ = forward
 
     # ------------------------------------------------------------------ backward
-    def _block_backward(self, k, dout, cache, dse):
+    def _block_backward(self, k, dout, cache, se, dse):
         """dL/dx of block k given dout = dL/d(out); writes its gradients, adds to dse."""
         P, G = self.params, self.grads
         x, xh1, r1, a1, s1, P1, xh2, r2, a2, s2, P2 = cache
@@ -228,12 +231,12 @@ class ConvUNet:
         da2, G[f"{k}_conv2_W"][...], G[f"{k}_conv2_b"][...] = L.conv3x3_backward(
             dout, P2, P[f"{k}_conv2_W"])  # (B, h, w, c_out)
         dn2 = L.silu_backward(da2, a2, s2)  # (B, h, w, c_out)
-        dh1, G[f"{k}_gn2_g"][...], G[f"{k}_gn2_b"][...] = L.group_norm_backward(
-            dn2, xh2, r2, P[f"{k}_gn2_g"], L.groups(xh2.shape[3]))  # (B, h, w, c_out)
-        dproj = dh1.sum(axis=(1, 2))  # (B, c_out) dL/d(se We + be)
-        G[f"{k}_We"][...] = self._cache[7].T @ dproj  # (E, c_out)
+        dproj = dn2.sum(axis=(1, 2))  # (B, c_out) dL/d(se We + be)
+        G[f"{k}_We"][...] = se.T @ dproj  # (E, c_out)
         G[f"{k}_be"][...] = dproj.sum(axis=0)  # (c_out,)
         dse += dproj @ P[f"{k}_We"].T  # (B, E)
+        dh1, G[f"{k}_gn2_g"][...], G[f"{k}_gn2_b"][...] = L.group_norm_backward(
+            dn2, xh2, r2, P[f"{k}_gn2_g"], L.groups(xh2.shape[3]))  # (B, h, w, c_out)
         da1, G[f"{k}_conv1_W"][...], G[f"{k}_conv1_b"][...] = L.conv3x3_backward(
             dh1, P1, P[f"{k}_conv1_W"])  # (B, h, w, c_in)
         dn1 = L.silu_backward(da1, a1, s1)  # (B, h, w, c_in)
@@ -271,7 +274,7 @@ class ConvUNet:
                                            strict=True):
             if k[0] == "d" and level < self.depth - 1:
                 dh = L.avg_pool2_backward(dh) + dskips.pop()  # (B, h, w, c) pool + skip use
-            dh = self._block_backward(k, dh, cache, dse)  # (B, h, w, c_in)
+            dh = self._block_backward(k, dh, cache, se, dse)  # (B, h, w, c_in)
             if k[0] == "u":
                 c = dh.shape[3] - P[f"d{level}_conv1_b"].shape[0]
                 dskips.append(dh[..., c:])  # (B, h, w, w_level) to skip_level
