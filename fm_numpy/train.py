@@ -272,7 +272,8 @@ def train(out, resume=False, progress=True, **settings):
 
 def learning_rate(config, step):
     """eta_n for step n = 0, 1, ...: linear warm-up over the first `warmup` steps, then
-    constant, or (lr_decay="cosine") eta_n = lr (1 + cos(pi (n - warmup) / (steps - warmup))) / 2."""
+    constant, or (lr_decay="cosine") eta_n = lr (1 + cos(pi (n - w) / (steps - w))) / 2,
+    w = warmup."""
     lr, warmup, steps = config["lr"], config["warmup"], config["steps"]
     if step < warmup:
         return lr * (step + 1) / warmup

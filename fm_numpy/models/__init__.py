@@ -10,7 +10,8 @@ ARCHITECTURES = ("mlp", "resmlp", "convnet")
 
 
 def model_class(arch):
-    """The class of an architecture name: "mlp" -> fm_numpy.mlp.MLP, "resmlp" -> ResMLP, "convnet" -> ConvUNet."""
+    """The class of an architecture name: "mlp" -> fm_numpy.mlp.MLP, "resmlp" -> ResMLP,
+    "convnet" -> ConvUNet."""
     if arch == "mlp":
         from fm_numpy.mlp import MLP
 

@@ -109,7 +109,8 @@ class ConvUNet:
         P["conv_in_W"], P["conv_in_b"] = uniform(9, (9, w0)), uniform(9, w0)
         for k, ci, co, _ in self.blocks:
             P[f"{k}_gn1_g"], P[f"{k}_gn1_b"] = np.ones(ci, dt), np.zeros(ci, dt)
-            P[f"{k}_conv1_W"], P[f"{k}_conv1_b"] = uniform(9 * ci, (9 * ci, co)), uniform(9 * ci, co)
+            P[f"{k}_conv1_W"] = uniform(9 * ci, (9 * ci, co))
+            P[f"{k}_conv1_b"] = uniform(9 * ci, co)
             P[f"{k}_We"], P[f"{k}_be"] = uniform(E, (E, co)), uniform(E, co)
             P[f"{k}_gn2_g"], P[f"{k}_gn2_b"] = np.ones(co, dt), np.zeros(co, dt)
             P[f"{k}_conv2_W"], P[f"{k}_conv2_b"] = np.zeros((9 * co, co), dt), np.zeros(co, dt)
