@@ -189,8 +189,8 @@ def test_files_of_another_architecture_are_refused(tmp_path):
         with pytest.raises(ValueError, match="not an MLP configuration"):
             cls.from_npz(tmp_path / "res.npz")
     assert isinstance(load_model(tmp_path / "mlp.npz"), NumpyMLP)
-    with pytest.raises(ValueError, match="unknown architecture 'convnet'"):
-        model_class("convnet")
+    with pytest.raises(ValueError, match="unknown architecture 'transformer'"):
+        model_class("transformer")
 
 
 def test_short_training_run_lowers_the_loss(tmp_path):
