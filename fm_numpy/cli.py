@@ -123,9 +123,10 @@ def add_train_parser(subparsers):
     p.add_argument("--warmup", type=int, help="linear lr warm-up steps (default 0)")
     p.add_argument("--lr-decay", choices=("constant", "cosine"),
                    help="lr after the warm-up (default constant)")
-    p.add_argument("--hidden", type=int, help="hidden width (default 256; mnist 768)")
-    p.add_argument("--depth", type=int, help="hidden layers / residual blocks (default 3; "
-                                                "mnist 4)")
+    p.add_argument("--hidden", type=int, help="hidden width; convnet: base channels "
+                                                 "(default 256; mnist 768, convnet 16)")
+    p.add_argument("--depth", type=int, help="hidden layers / residual blocks; convnet: "
+                                                "resolution levels (default 3; mnist 4)")
     p.add_argument("--time-features", type=int, help="time embedding size (default 32)")
     p.add_argument("--scheduler", help="path scheduler (default condot)")
     p.add_argument("--seed", type=int, help="seed of weights and data stream (default 0)")

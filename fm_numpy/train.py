@@ -130,6 +130,8 @@ def resolve_config(**overrides):
     if config["arch"] not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {config['arch']!r}; choose one of "
                          f"{', '.join(ARCHITECTURES)}")
+    if config["arch"] == "convnet" and config["data"] != "mnist":
+        raise ValueError(f"the convnet U-Net needs images (data mnist), not {config['data']!r}")
     return config
 
 

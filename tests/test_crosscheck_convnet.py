@@ -238,6 +238,8 @@ def test_learning_rate_schedule():
     assert learning_rate(dict(config, lr_decay="constant"), 120) == 1.0
     with pytest.raises(ValueError, match="lr_decay must be"):
         resolve_config(lr_decay="linear")
+    with pytest.raises(ValueError, match="needs images"):
+        resolve_config(data="moons", arch="convnet")
 
 
 def test_short_training_run_lowers_the_loss(tmp_path, monkeypatch):
