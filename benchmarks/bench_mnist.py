@@ -49,7 +49,8 @@ def _reference():
 def run(quick=False):
     import torch
 
-    from fm_torch.evaluate import evaluate_checkpoint, load_or_train_classifier
+    from fm_torch.cli_evaluate import evaluate_checkpoint
+    from fm_torch.evaluate import load_or_train_classifier
     from fm_torch.train import train
 
     cfg = QUICK if quick else FULL

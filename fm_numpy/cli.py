@@ -140,6 +140,9 @@ def add_train_parser(subparsers):
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--out", default=None, help="run folder (default runs/<data>)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    from fm_numpy.cli_fewstep import add_fewstep_train_arguments
+
+    add_fewstep_train_arguments(p)
     p.set_defaults(func=cmd_train)
 
 
@@ -153,6 +156,9 @@ def cmd_train(args):
                     label_dropout=args.label_dropout, weight_decay=args.weight_decay,
                     max_grad_norm=args.max_grad_norm, dtype=args.dtype, n_train=args.n_train,
                     arch=args.arch, warmup=args.warmup, lr_decay=args.lr_decay)
+    from fm_numpy.cli_fewstep import fewstep_settings
+
+    settings.update(fewstep_settings(args))
     _, losses = train(out, resume=args.resume, progress=not args.no_progress, **settings)
     if losses:
         plot_loss(losses, os.path.join(out, "loss.png"))
@@ -171,6 +177,8 @@ def add_sample_parser(subparsers):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, default=1.0,
                    help="classifier-free guidance w (1 = conditional; class models only)")
+    p.add_argument("--chunk", type=int, default=1024,
+                   help="samples integrated at a time (memory and speed; default 1024)")
     p.add_argument("--out", required=True, help="samples .npz (PNGs are written beside it)")
     p.set_defaults(func=cmd_sample)
 
@@ -184,33 +192,59 @@ def _run_config(model_path):
 
 
 def cmd_sample(args):
-    from fm_numpy.io import save_npz
     from fm_numpy.models import load_model
+    from fm_numpy.sampling import NpzStreamWriter, check_output_fits, sample_in_chunks
     from fm_numpy.solvers import ClassifierFreeGuidance, odeint
 
-    if args.n < 1 or args.steps < 1:
-        raise ValueError(f"-n and --steps must be positive, got {args.n} and {args.steps}")
+    if args.n < 1 or args.steps < 1 or args.chunk < 1:
+        raise ValueError(f"-n, --steps and --chunk must be positive, got {args.n}, "
+                         f"{args.steps} and {args.chunk}")
     model = load_model(args.model)  # the MLP or the ResMLP, from the file's config
     run = _run_config(args.model)
+    image = model.dim == 784
+    row_bytes = model.dim * model.dtype.itemsize + (8 if image else 0)  # samples [+ labels]
+    check_output_fits(args.out, args.n * row_bytes, f"-n {args.n} ({args.out})")
     rng = np.random.default_rng(args.seed)
-    x0 = rng.standard_normal((args.n, model.dim)).astype(model.dtype)  # (N, D)
-    labels = None
+    labels = np.arange(args.n) % model.num_classes if model.num_classes else None  # in turn
     field = model
     if model.num_classes:
-        labels = np.arange(args.n) % model.num_classes  # classes in turn
-        field = ClassifierFreeGuidance(model, labels, args.guidance)
+        field = lambda x, t, y: ClassifierFreeGuidance(model, y, args.guidance)(x, t)  # noqa: E731
     t_grid = np.linspace(0.0, 1.0, args.steps + 1)
-    xs = odeint(field, x0, t_grid, method=args.method)  # (steps+1, N, D)
-    x1 = xs[-1]
+    mean_flow = getattr(model, "mean_flow", False) and args.method == "euler"
+    head = []  # the first rows, for the plots (the rest only streams to the file)
+    keep = 100 * (model.num_classes or 1) if image else 5000
     stem = os.path.splitext(args.out)[0]
-    if model.dim == 784:
-        images = np.clip((x1.reshape(-1, 28, 28) + 1) / 2, 0, 1)  # [-1, 1] -> [0, 1]
-        save_npz(args.out, images=images, labels=labels if labels is not None else np.zeros(0))
+    with NpzStreamWriter(args.out) as writer:
+
+        def sink(x1):  # (rows, D) end states, in order
+            if image:
+                x1 = np.clip((x1.reshape(-1, 28, 28) + 1) / 2, 0, 1)  # [-1, 1] -> [0, 1]
+            writer.write(x1)
+            if sum(map(len, head)) < keep:
+                head.append(x1[:keep])
+
+        writer.begin("images" if image else "samples",
+                     (args.n, 28, 28) if image else (args.n, model.dim), model.dtype)
+        if mean_flow:  # MeanFlow's K u-steps: the whole batch at once (not chunked)
+            from fm_numpy.meanflow import sample as meanflow_sample
+
+            x0 = rng.standard_normal((args.n, model.dim)).astype(model.dtype)  # (N, D)
+            x1_all = meanflow_sample(model, x0, args.steps, labels, args.guidance)[-1]
+            for lo in range(0, args.n, args.chunk):
+                sink(x1_all[lo:lo + args.chunk])
+        else:
+            sample_in_chunks(field, lambda k: rng.standard_normal((k, model.dim)).astype(
+                model.dtype), t_grid, args.method, args.chunk, y=labels, n=args.n, sink=sink)
+        if image:
+            writer.begin("labels", (args.n if labels is not None else 0,), np.int64)
+            if labels is not None:
+                writer.write(labels)
+    x1 = np.concatenate(head)[:keep]  # (<= keep, ...)
+    if image:
         if labels is not None:
-            plot_digit_grid(images, labels, stem + "_grid.png")
-        print(f"wrote {args.out} ({len(images)} images) and {stem}_grid.png")
+            plot_digit_grid(x1, labels[:len(x1)], stem + "_grid.png")
+        print(f"wrote {args.out} ({args.n} images) and {stem}_grid.png")
         return 0
-    save_npz(args.out, samples=x1)
     if model.dim == 2:
         from fm_numpy.data import TOY_DATASETS, sample_toy
 
@@ -218,19 +252,29 @@ def cmd_sample(args):
         if name in TOY_DATASETS:
             data = sample_toy(name, min(args.n, 5000), np.random.default_rng(args.seed + 1))
             plot_samples_2d(x1, data, stem + "_samples.png")
+        x0 = np.random.default_rng(args.seed).standard_normal((min(args.n, 300), 2)).astype(
+            model.dtype)  # the first rows' x0 again: their whole paths, for the plot
+        if mean_flow:
+            from fm_numpy.meanflow import sample as meanflow_sample
+
+            xs = meanflow_sample(model, x0, args.steps, None, args.guidance)
+        else:
+            xs = odeint(model, x0, t_grid, method=args.method)  # (steps+1, <=300, 2)
         plot_trajectories_2d(xs, stem + "_trajectories.png")
         plot_field_2d(model, stem + "_field.png")
-        print(f"wrote {args.out} ({len(x1)} samples) and PNGs {stem}_*.png")
+        print(f"wrote {args.out} ({args.n} samples) and PNGs {stem}_*.png")
     else:
-        print(f"wrote {args.out} ({len(x1)} samples)")
+        print(f"wrote {args.out} ({args.n} samples)")
     return 0
 
 
 # ---------------------------------------------------------------------- main
+from fm_numpy.cli_fewstep import add_reflow_parser  # noqa: E402  (issue 12's subcommand)
 from fm_numpy.cli_likelihood import add_likelihood_parser  # noqa: E402  (H3's subcommand)
 from fm_numpy.conformance.cli import add_check_parser  # noqa: E402  (issue 15's subcommand)
 
-SUBCOMMANDS = [add_train_parser, add_sample_parser, add_likelihood_parser, add_check_parser]
+SUBCOMMANDS = [add_train_parser, add_sample_parser, add_likelihood_parser, add_check_parser,
+               add_reflow_parser]
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

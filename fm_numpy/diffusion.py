@@ -369,17 +369,20 @@ def ddim_timesteps(num_train_steps, num_steps):
     return np.round(np.linspace(num_train_steps - 1, 0, int(num_steps))).astype(np.int64)
 
 
-def ddim_sample(model, x_T, alphas_cumprod, num_steps, prediction="epsilon", y=None):
+def ddim_sample(model, x_T, alphas_cumprod, num_steps, prediction="epsilon", y=None,
+                return_all=False):
     """Deterministic DDIM (eta = 0, Song et al. 2021) from x_T at step N-1 to data.
 
     Each step: out = model(x, k, y), (x1_hat, x0_hat) from out, then
     x <- sqrt(abar_next) x1_hat + sqrt(1 - abar_next) x0_hat, with abar_next = 1 after
-    step 0. One model evaluation per step (NFE = num_steps).
+    step 0. One model evaluation per step (NFE = num_steps). With return_all=True the
+    states before and after every step, (num_steps + 1, *x_T.shape), not only the last.
     """
     abar = _check_alphas_cumprod(alphas_cumprod)
     _check_prediction(prediction)
     steps = ddim_timesteps(len(abar), num_steps)
     x = np.asarray(x_T)
+    states = [x]
     for i, k in enumerate(steps):
         abar_next = abar[steps[i + 1]] if i + 1 < len(steps) else 1.0
         timestep = np.full((x.shape[0],), k, dtype=x.dtype)  # (B,)
@@ -390,4 +393,5 @@ def ddim_sample(model, x_T, alphas_cumprod, num_steps, prediction="epsilon", y=N
         a_next = np.sqrt(abar_next).astype(x.dtype)
         b_next = np.sqrt(1 - abar_next).astype(x.dtype)
         x = a_next * x1_hat + b_next * x0_hat  # (B, ...)
-    return x
+        states.append(x)
+    return np.stack(states) if return_all else x

@@ -8,6 +8,12 @@ Architecture (identical in fm_torch/models/mlp.py, parameter for parameter):
     a_i     = h_i @ W{i} + b{i},   h_{i+1} = silu(a_i) = a_i * sigmoid(a_i),  i = 0..depth-1
     v       = h_depth @ W{depth} + b{depth}                            # (B, dim)
 
+With mean_flow=True (MeanFlow, docs/math.md "Few-step generation") the network is the
+average velocity u(x, r, t) of the flow through x at time r over [r, t]: phi(r) takes the
+place of phi(t) and h_0 gains the columns phi(t - r) after the label columns; r=None
+means r = t (then u = v, the instantaneous velocity). Its freqs are MEAN_FLOW_TIME_RATE
+times the above (100 t freqs).
+
 `forward` keeps the activations in buffers preallocated per batch size, so `backward`
 can run the chain rule in reverse without recomputing anything; `jvp` and `divergence`
 push tangents forward through the same cached activations (forward-mode, exact).
@@ -18,10 +24,15 @@ from collections import OrderedDict
 
 import numpy as np
 
+from fm_numpy import kernels
 from fm_numpy.io import load_npz, save_npz
 
 __all__ = ["MLP"]
 
+# Mean-flow models take their time features at 100 t freqs instead of 1000 t freqs: the
+# MeanFlow target holds d_r u, which the fast features make large and noisy (8gaussians,
+# 1500 steps, 1-step energy distance 0.042 at rate 1000, 0.0125 at 100, 0.019 at 10).
+MEAN_FLOW_TIME_RATE = 0.1
 _MAX_CACHED_BATCH_SIZES = 4  # buffers kept for this many distinct batch sizes
 _DIVERGENCE_BUDGET = 1 << 22  # elements of one (B, chunk, H) tangent block in `divergence`
 
@@ -31,6 +42,19 @@ def _config_dtype(dtype):
     if name not in ("float32", "float64"):
         raise ValueError(f"dtype must be float32 or float64, got {name}")
     return name
+
+
+def _phi(s, freqs):
+    """phi(s) = [cos(1000 s freqs), sin(1000 s freqs)] (B, T) for s (B,)."""
+    targ = (1000 * s)[:, None] * freqs  # (B, T/2)
+    return np.concatenate([np.cos(targ), np.sin(targ)], axis=1)
+
+
+def _dphi(targ, freqs, ds):
+    """Tangent of phi(s) for the tangent ds (B,) of s, targ = 1000 s freqs (B, T/2):
+    d/ds cos(1000 s f) = -1000 f sin(1000 s f),  d/ds sin(1000 s f) = 1000 f cos(1000 s f)."""
+    rate = (1000 * freqs)[None, :] * ds[:, None]  # (B, T/2)
+    return np.concatenate([-np.sin(targ) * rate, np.cos(targ) * rate], axis=1)  # (B, T)
 
 
 class _Buffers:
@@ -52,10 +76,14 @@ class MLP:
     Parameters live in `self.params` (an ordered dict "W0", "b0", ..., "W{depth}",
     "b{depth}" [, "E"]); W{i} has shape (in, out). Initialisation (seeded): W and b
     uniform in +-1/sqrt(fan_in) (torch.nn.Linear's default), E standard normal.
+    `fast` (default True) runs the SiLU lines through fm_numpy.kernels, which gives
+    bitwise the same numbers faster; set it False for the plain lines alone.
     """
 
+    fast = True
+
     def __init__(self, dim, hidden=256, depth=3, time_features=32, num_classes=None, seed=0,
-                 dtype=np.float32):
+                 dtype=np.float32, mean_flow=False):
         for name, value, low in (("dim", dim, 1), ("hidden", hidden, 1), ("depth", depth, 1),
                                  ("time_features", time_features, 2)):
             if int(value) != value or value < low:
@@ -74,10 +102,16 @@ class MLP:
             "time_features": self.time_features, "num_classes": self.num_classes,
             "seed": self.seed, "dtype": self.dtype.name,
         }
+        self.mean_flow = bool(mean_flow)
+        if self.mean_flow:  # only then in the config, so files without the key load as before
+            self.config["mean_flow"] = True
         half = self.time_features // 2
         self.freqs = np.exp(-np.log(10000.0) * np.arange(half) / half).astype(self.dtype)  # (T/2,)
+        if self.mean_flow:  # slower time features, see the constant
+            self.freqs = (self.freqs * MEAN_FLOW_TIME_RATE).astype(self.dtype)
         label_features = self.time_features if self.num_classes else 0
-        self.in_features = self.dim + self.time_features + label_features
+        interval_features = self.time_features if self.mean_flow else 0  # phi(t - r)
+        self.in_features = self.dim + self.time_features + label_features + interval_features
 
         rng = np.random.default_rng(self.seed)
         widths = [self.in_features] + [self.hidden] * self.depth + [self.dim]
@@ -131,6 +165,17 @@ class MLP:
             raise ValueError(f"t must lie in [0, 1], got values from {t.min()} to {t.max()}")
         return t
 
+    def _check_r(self, r, t, B):
+        """(time of x, t - r): (t, 0) for r=None; r must satisfy 0 <= r <= t (mean-flow only)."""
+        if r is None:
+            return t, np.zeros(B, dtype=self.dtype)
+        if not self.mean_flow:
+            raise ValueError("r is an input of mean-flow models only (mean_flow=False here)")
+        r = self._check_t(r, B)
+        if np.any(r > t):
+            raise ValueError("r must not exceed t (the average velocity runs from r to t)")
+        return r, t - r
+
     def _label_index(self, y, B):
         """Rows of E to use: y itself, or the null row num_classes where y is None."""
         if y is None:
@@ -148,15 +193,17 @@ class MLP:
         return y
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x, t, y=None):
+    def forward(self, x, t, y=None, r=None):
         """v = MLP(x, t, y) for x (B, dim), t scalar or (B,), y None or ints (B,); returns (B, dim).
 
+        Mean-flow models: u(x, r, t) with x at time r <= t (r=None: r = t).
         The activations stay cached for `backward` (until the next forward call).
         The returned array is new, never a buffer, so a solver may keep it.
         """
         x = self._check_x(x)
         B = x.shape[0]
         t = self._check_t(t, B)
+        t, interval = self._check_r(r, t, B)  # t <- r: the time of x; interval = t - r
         y = self._label_index(y, B)
         P, D, half = self.params, self.dim, self.time_features // 2
         buf = self._get_buffers(B)
@@ -166,11 +213,18 @@ class MLP:
         np.cos(buf.targ, out=h[:, D:D + half])
         np.sin(buf.targ, out=h[:, D + half:D + 2 * half])
         if self.num_classes:
-            h[:, D + 2 * half:] = P["E"][self.num_classes] if y is None else P["E"][y]  # (B, T)
+            label = P["E"][self.num_classes] if y is None else P["E"][y]  # (B, T)
+            h[:, D + 2 * half:D + 4 * half] = label
+        if self.mean_flow:
+            h[:, -2 * half:] = _phi(interval, self.freqs)  # (B, T) phi(t - r)
         with np.errstate(over="ignore"):  # exp(-a) = inf for a << 0 gives sigmoid = 0 exactly
             for i in range(self.depth):
                 a, s = buf.a[i], buf.s[i]
                 np.matmul(h, P[f"W{i}"], out=a)  # (B, H)
+                if self.fast:  # the same lines below, in cache-sized blocks over threads
+                    kernels.silu_forward(a, P[f"b{i}"], s, buf.h[i])
+                    h = buf.h[i]
+                    continue
                 a += P[f"b{i}"]  # (B, H)
                 np.negative(a, out=s)
                 np.exp(s, out=s)
@@ -210,17 +264,20 @@ class MLP:
         np.matmul(dv, P[f"W{L}"].T, out=dh)  # (B, H) dL/dh_depth
         for i in reversed(range(L)):
             s, h = buf.s[i], buf.h[i]
-            np.multiply(h, s, out=da)  # h s
-            np.subtract(h, da, out=da)  # h - h s
-            da += s  # silu'(a_i) = s + h - h s
-            da *= dh  # (B, H) dL/da_i
+            if self.fast:  # the same four lines, in cache-sized blocks over threads
+                kernels.silu_backward(dh, s, h, da)
+            else:
+                np.multiply(h, s, out=da)  # h s
+                np.subtract(h, da, out=da)  # h - h s
+                da += s  # silu'(a_i) = s + h - h s
+                da *= dh  # (B, H) dL/da_i
             np.matmul(h_in[i].T, da, out=G[f"W{i}"])  # (in, H)
             np.sum(da, axis=0, out=G[f"b{i}"])  # (H,)
             if i > 0:
                 np.matmul(da, P[f"W{i}"].T, out=dh)  # (B, H) dL/dh_i
         if self.num_classes:
             label_cols = self.dim + self.time_features
-            dE_rows = da @ P["W0"][label_cols:].T  # (B, T) dL/dh_0 at the label columns
+            dE_rows = da @ P["W0"][label_cols:label_cols + self.time_features].T  # (B, T)
             G["E"][...] = 0
             rows = np.full(B, self.num_classes) if y is None else y
             np.add.at(G["E"], rows, dE_rows)  # (C+1, T)
@@ -237,19 +294,34 @@ class MLP:
             slopes.append(slope)  # (B, H)
         return slopes
 
-    def jvp(self, x, t, dx, y=None):
-        """(v, J dx) with J = dv/dx at (x, t, y), by forward-mode differentiation (exact).
+    def jvp(self, x, t, dx, y=None, r=None, dr=0.0, dt=0.0):
+        """(v, dv): v = MLP(x, t, y) [u(x, r, t) for mean-flow models] and its derivative
+        along the tangent (dx, dr, dt) of (x, r, t), by forward-mode differentiation (exact).
 
-        Tangents: da_0 = dx W0[:dim], dh_{i+1} = silu'(a_i) da_i, da_i = dh_i W{i},
-        J dx = dh_depth W{depth}.
+        dx (B, dim); dr, dt scalars or (B,) (the default 0 gives J dx, J = dv/dx). With
+        r=None the time of x is t itself, so its tangent is dt. Tangents:
+            ds = dr (dt if r is None),  dphi(s) = 1000 freqs [-sin, cos](1000 s freqs) ds
+            da_0 = dx W0[x rows] + dphi(s) W0[time rows] [+ dphi(t - r) W0[interval rows]]
+            dh_{i+1} = silu'(a_i) da_i,  da_{i+1} = dh_{i+1} W{i+1},  dv = dh_depth W{depth}
         """
-        v = self.forward(x, t, y)
+        v = self.forward(x, t, y, r)
         buf, B, _ = self._cache
         dx = np.asarray(dx, dtype=self.dtype)
         if dx.shape != (B, self.dim):
             raise ValueError(f"dx must have shape ({B}, {self.dim}), got {dx.shape}")
+        P, D, T = self.params, self.dim, self.time_features
         slopes = self._silu_slopes(buf)
         da = dx @ self.params["W0"][:self.dim]  # (B, H)
+        ds = np.broadcast_to(np.asarray(dt if r is None else dr, dtype=self.dtype), (B,))
+        if np.any(ds != 0):
+            da += _dphi(buf.targ, self.freqs, ds) @ P["W0"][D:D + T]  # (B, H)
+        if r is not None:
+            d_interval = np.broadcast_to(
+                np.asarray(dt, dtype=self.dtype) - np.asarray(dr, self.dtype), (B,))  # of t - r
+            if np.any(d_interval != 0):
+                interval = self._check_t(t, B) - self._check_t(r, B)  # (B,)
+                targ = (1000 * interval)[:, None] * self.freqs  # (B, T/2)
+                da += _dphi(targ, self.freqs, d_interval) @ P["W0"][-T:]  # (B, H)
         for i in range(self.depth):
             dh = slopes[i] * da  # (B, H)
             da = dh @ self.params[f"W{i + 1}"]  # (B, H) or (B, D) at the last layer
@@ -314,8 +386,9 @@ def read_weights(path, config, shapes):
     """
     arrays = load_npz(path)
     theirs_config = _read_config(arrays, path)
-    mine = {k: v for k, v in config.items() if k not in ("seed", "dtype")}
-    theirs = {k: theirs_config.get(k) for k in mine}
+    keys = (set(config) | set(theirs_config)) - {"seed", "dtype"}  # mean_flow only when True
+    mine = {k: config.get(k) for k in sorted(keys)}
+    theirs = {k: theirs_config.get(k) for k in sorted(keys)}
     if mine != theirs:
         raise ValueError(f"{path} holds an MLP with {theirs}, not {mine}")
     for name, shape in shapes.items():

@@ -14,6 +14,8 @@ eps is added after the bias correction of sqrt(s), as torch does.
 
 import numpy as np
 
+from fm_numpy import kernels
+
 __all__ = ["Adam", "AdamW", "clip_grad_norm"]
 
 
@@ -36,7 +38,11 @@ class Adam:
     decoupled=True is AdamW (weight decay multiplies p by 1 - lr wd before the update);
     otherwise a nonzero weight_decay adds wd p to the gradient (torch.optim.Adam).
     max_grad_norm (optional) clips the global gradient norm before the update.
+    `fast` (default True) runs the update through fm_numpy.kernels.adam_update, bitwise
+    the same numbers as the plain lines of `step`.
     """
+
+    fast = True
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  decoupled=False, max_grad_norm=None):
@@ -75,6 +81,10 @@ class Adam:
                 p *= 1 - lr * wd
             elif wd:
                 g = np.add(g, np.multiply(p, wd, out=self._tmp2[name]), out=self._tmp2[name])
+            if self.fast and p.flags.c_contiguous and g.flags.c_contiguous:
+                kernels.adam_update(p, g, m, s, tmp, beta1, beta2, eps, step_size,
+                                    bias_correction2_sqrt)  # the lines below, in blocks
+                continue
             np.subtract(g, m, out=tmp)
             tmp *= 1 - beta1
             m += tmp  # m + (1 - beta1) (g - m)

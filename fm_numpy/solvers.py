@@ -80,13 +80,16 @@ def _check_grid(t_grid):
     return t_grid
 
 
-def odeint(v, x0, t_grid, method="euler", return_nfe=False, rtol=1e-5, atol=1e-5):
+def odeint(v, x0, t_grid, method="euler", return_nfe=False, rtol=1e-5, atol=1e-5,
+           only_last=False):
     """Solve dx/dt = v(x, t) from x(t_grid[0]) = x0; return x at every grid time.
 
     `v(x, t)` receives t as a Python float. Fixed-step methods step once per grid
     interval (forward or backward in time); adaptive methods ("RK45", "DOP853") choose
     their own steps to meet rtol/atol and report the state at the grid times.
-    Returns xs of shape (len(t_grid), *x0.shape), and the NFE too if return_nfe.
+    Returns xs of shape (len(t_grid), *x0.shape), and the NFE too if return_nfe; with
+    only_last=True, the state at the last grid time alone (shape x0.shape), and the fixed
+    steps keep no trajectory (memory of one state, not len(t_grid)).
     """
     t_grid = _check_grid(t_grid)
     x0 = np.asarray(x0)
@@ -97,13 +100,16 @@ def odeint(v, x0, t_grid, method="euler", return_nfe=False, rtol=1e-5, atol=1e-5
     v = _Counted(v)
     if method in FIXED_METHODS:
         step = FIXED_METHODS[method]
-        xs = np.empty((len(t_grid),) + x0.shape, dtype=x0.dtype)  # (N, B, ...)
-        xs[0] = x0
+        xs = None if only_last else np.empty((len(t_grid),) + x0.shape, dtype=x0.dtype)
+        if xs is not None:
+            xs[0] = x0  # (N, B, ...)
         x = x0
         for n in range(len(t_grid) - 1):
             t, h = float(t_grid[n]), float(t_grid[n + 1] - t_grid[n])
             x = step(v, x, t, h)
-            xs[n + 1] = x
+            if xs is not None:
+                xs[n + 1] = x
+        xs = x if only_last else xs
     elif method in ADAPTIVE_METHODS:
 
         def fun(t, x_flat):  # solve_ivp works on a flat float64 vector
@@ -116,6 +122,7 @@ def odeint(v, x0, t_grid, method="euler", return_nfe=False, rtol=1e-5, atol=1e-5
         if not sol.success:
             raise RuntimeError(f"{method} failed: {sol.message}")
         xs = sol.y.T.reshape((len(t_grid),) + x0.shape).astype(x0.dtype)  # (N, B, ...)
+        xs = xs[-1] if only_last else xs
     else:
         known = ", ".join(list(FIXED_METHODS) + list(ADAPTIVE_METHODS))
         raise ValueError(f"unknown solver method {method!r}; choose one of {known}")

@@ -10,6 +10,12 @@ A run folder holds config.json, loss.csv (step,loss), model.npz (the MLP) and
 checkpoint.npz (weights, Adam moments, the generator's state as JSON, the step), each
 written atomically every ckpt_every steps, so `resume=True` continues to exactly the
 weights an uninterrupted run reaches.
+
+Few-step hooks (docs/math.md, "Few-step generation"): `coupling` re-pairs x0 with x1 in
+each batch (fm_numpy.coupling; its share of the step time goes to the progress bar and
+timing.json); `objective="meanflow"` trains the average velocity u(z, r, t) instead
+(fm_numpy.meanflow; the uniform t above is then unused); `pairs` (an .npz of fixed
+(x0, x1) pairs, fm_numpy.reflow) replaces the data and the noise, and `distill` fixes t = 0.
 """
 
 import json
@@ -17,6 +23,7 @@ import math
 import os
 import signal
 import threading
+import time
 
 import numpy as np
 
@@ -33,7 +40,9 @@ DEFAULTS = {
     "data": "8gaussians", "steps": 6000, "batch": 512, "lr": 2e-3, "hidden": 256, "depth": 3,
     "time_features": 32, "scheduler": "condot", "seed": 0, "ckpt_every": 1000,
     "label_dropout": 0.1, "weight_decay": 0.0, "max_grad_norm": None, "dtype": "float32",
-    "n_train": None, "arch": "mlp", "warmup": 0, "lr_decay": "constant",
+    "n_train": None, "arch": "mlp", "coupling": "independent", "coupling_block": None,
+    "objective": "fm", "meanflow_ratio": 0.25, "meanflow_norm_p": 1.0, "pairs": None,
+    "distill": False, "warmup": 0, "lr_decay": "constant",
 }
 MNIST_DEFAULTS = {"steps": 3000, "batch": 128, "lr": 1e-3, "hidden": 512, "depth": 3}
 # MNIST's default network: the residual LayerNorm MLP of fm_numpy/models/resmlp.py (issue 13;
@@ -91,9 +100,10 @@ def resolve_config(**overrides):
     unknown = set(config) - set(DEFAULTS)
     if unknown:
         raise ValueError(f"unknown training settings: {', '.join(sorted(unknown))}")
-    for key in ("steps", "batch", "hidden", "depth", "ckpt_every", "time_features", "n_train"):
+    for key in ("steps", "batch", "hidden", "depth", "ckpt_every", "time_features", "n_train",
+                "coupling_block"):
         value = config[key]
-        if key == "n_train" and value is None:
+        if key in ("n_train", "coupling_block") and value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or (
                 not math.isfinite(value) or int(value) != value or value < 1):
@@ -132,6 +142,9 @@ def resolve_config(**overrides):
                          f"{', '.join(ARCHITECTURES)}")
     if config["arch"] == "convnet" and config["data"] != "mnist":
         raise ValueError(f"the convnet U-Net needs images (data mnist), not {config['data']!r}")
+    from fm_numpy.fewstep import check_fewstep_settings
+
+    check_fewstep_settings(config)
     return config
 
 
@@ -172,6 +185,10 @@ class _MnistData:
 
 
 def _make_data(config):
+    if config["pairs"] is not None:
+        from fm_numpy.reflow import PairData
+
+        return PairData(config["pairs"], config["dtype"])
     if config["data"] == "mnist":
         return _MnistData(config["dtype"], config["n_train"])
     return _ToyData(config["data"], config["dtype"])
@@ -205,9 +222,10 @@ def train(out, resume=False, progress=True, **settings):
 
     data = _make_data(config)
     dtype = np.dtype(config["dtype"])
+    mean_flow = {"mean_flow": True} if config["objective"] == "meanflow" else {}
     model = model_class(config["arch"])(data.dim, config["hidden"], config["depth"],
                                         config["time_features"], data.num_classes,
-                                        seed=config["seed"], dtype=dtype)
+                                        seed=config["seed"], dtype=dtype, **mean_flow)
     opt = Adam(model.params, lr=config["lr"], weight_decay=config["weight_decay"],
                decoupled=True, max_grad_norm=config["max_grad_norm"])
     rng = np.random.default_rng(config["seed"])
@@ -223,6 +241,9 @@ def train(out, resume=False, progress=True, **settings):
     save_json(os.path.join(out, "config.json"), config)
 
     B, D, C = config["batch"], data.dim, data.num_classes
+    from fm_numpy.fewstep import FewStepHooks
+
+    hooks = FewStepHooks(config, path, out)
     pending = []
     last_good = step
     bar = tqdm(total=config["steps"], initial=step, disable=not progress, desc="train",
@@ -230,28 +251,35 @@ def train(out, resume=False, progress=True, **settings):
     sigint = DeferredSigint().__enter__()
     try:
         while step < config["steps"]:
+            step_start = time.perf_counter()
             x1, y = data.draw(rng, B)  # (B, D), (B,) or None
             t = rng.random(B, dtype=dtype)  # (B,)
             x0 = rng.standard_normal((B, D), dtype=dtype)  # (B, D)
+            x0, t = hooks.couple(x0, x1, y, t, rng, data)  # re-paired noise; distill: t = 0
             if C is not None and config["label_dropout"] > 0:
                 drop = rng.random(B) < config["label_dropout"]
                 y = np.where(drop, C, y)  # null class for classifier-free guidance
-            xt, ut = path.sample(x0, x1, t)  # (B, D) each
-            v = model.forward(xt, t, y)  # (B, D)
-            diff = v - ut  # (B, D)
-            loss = float(np.mean(diff * diff))
+            if hooks.meanflow:
+                loss, diff = hooks.meanflow_loss(model, x0, x1, y, rng)  # diff = dL/du
+            else:
+                xt, ut = path.sample(x0, x1, t)  # (B, D) each
+                v = model.forward(xt, t, y)  # (B, D)
+                diff = v - ut  # (B, D)
+                loss = float(np.mean(diff * diff))
             if not np.isfinite(loss):
                 raise TrainingDiverged(
                     f"loss is {loss} at step {step + 1}; stopped, the last good checkpoint "
                     f"(step {last_good}) is kept in {out}")
-            diff *= 2.0 / diff.size  # dL/dv
+            if not hooks.meanflow:
+                diff *= 2.0 / diff.size  # dL/dv
             opt.lr = learning_rate(config, step)
             opt.step(model.backward(diff))
+            hooks.step_done(time.perf_counter() - step_start)
             step += 1
             pending.append((step, loss))
             if step % 100 == 0:
                 bar.set_postfix(loss=f"{np.mean([v for _, v in pending[-100:]]):.4f}",
-                                refresh=False)
+                                refresh=False, **hooks.postfix())
             bar.update(1)
             if step % config["ckpt_every"] == 0 or step == config["steps"] or sigint.requested:
                 if not all(np.all(np.isfinite(p)) for p in model.params.values()):
@@ -262,6 +290,7 @@ def train(out, resume=False, progress=True, **settings):
                 losses.extend(pending)
                 pending = []
                 _save_checkpoint(out, ckpt_path, config, model, opt, rng, step)
+                hooks.save_timing()
                 last_good = step
             if sigint.requested:
                 raise TrainingInterrupted(
@@ -300,9 +329,8 @@ def _load_checkpoint(ckpt_path, config, model, opt, rng):
             raise ValueError(f"{ckpt_path} is not a training checkpoint (no {key!r})")
     saved = json.loads(str(arrays["config"]))
     saved.setdefault("arch", "mlp")  # checkpoints from before --arch hold the MLP
-    saved.setdefault("warmup", 0)  # ... and from before the lr schedule, a constant lr
-    saved.setdefault("lr_decay", "constant")
-    changed = [k for k in config if k not in _RESUMABLE and saved.get(k) != config[k]]
+    changed = [k for k in config  # a key older runs lack holds its default
+               if k not in _RESUMABLE and saved.get(k, DEFAULTS.get(k)) != config[k]]
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {config[k]!r}" for k in changed)
         raise ValueError(f"cannot resume {ckpt_path} with different settings ({diffs})")

@@ -54,12 +54,21 @@ def add_train_parser(subparsers):
     p.add_argument("--ema-decay", type=float, help="EMA decay of the weights (default 0.999)")
     p.add_argument("--n-train", type=int, help="use only the first N MNIST training images")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA or CPU)")
+    p.add_argument("--sync-every", type=int,
+                   help="read losses (one host sync, one DDP all-reduce) every N steps "
+                        "(default 1 on CPU, 50 on GPU or under torchrun)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA only)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--init-from", help="fine-tune: start from this ckpt.pt's EMA weights")
+    p.add_argument("--diff2flow", action="store_true",
+                   help="with --init-from a DDPM: train its DiffusionToFlow velocity (Diff2Flow)")
     p.add_argument("--out", default=None, help="run folder (default runs/<data>)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    from fm_numpy.cli_fewstep import add_fewstep_train_arguments
+
+    add_fewstep_train_arguments(p)
     p.set_defaults(func=cmd_train)
 
 
@@ -87,9 +96,17 @@ def cmd_train(args):
                     sample_every=args.sample_every, label_dropout=args.label_dropout,
                     weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
                     ema_decay=args.ema_decay, n_train=args.n_train,
-                    bf16=args.bf16 or None, compile=args.compile or None)
+                    bf16=args.bf16 or None, compile=args.compile or None,
+                    diffusion=getattr(args, "diffusion", None))
+    from fm_torch.train_diffusion import apply_init_from  # --init-from, --diff2flow
+
+    settings = apply_init_from(args.init_from, args.diff2flow, settings)
+    from fm_numpy.cli_fewstep import fewstep_settings
+
+    settings.update(fewstep_settings(args))
     _, losses = train(out, resume=args.resume, progress=not args.no_progress,
-                      device=args.device, data_dir=args.data_dir, **settings)
+                      device=args.device, data_dir=args.data_dir, sync_every=args.sync_every,
+                      **settings)
     if losses and int(os.environ.get("RANK", "0")) == 0:
         print(f"trained to step {losses[-1][0]}, last loss {losses[-1][1]:.4f}; wrote "
               f"{os.path.join(out, 'ckpt.pt')}")
@@ -111,6 +128,11 @@ def add_sample_parser(subparsers):
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="PNG of the samples (a trajectory PNG beside it)")
     p.add_argument("--npz", help="also write the samples to this .npz")
+    p.add_argument("--chunk", type=int, default=1024,
+                   help="samples integrated at a time (memory and speed; default 1024)")
+    from fm_torch.cli_diffusion import add_sample_options
+
+    add_sample_options(p)  # --as-flow, --sampler ddim
     p.set_defaults(func=cmd_sample)
 
 
@@ -119,20 +141,126 @@ def _strip_indices(steps):
     return [round(k * steps / 10) for k in range(11)]
 
 
+_GRID_PER_CLASS = 100  # the PNG grid shows at most this many images per class
+
+
 def cmd_sample(args):
     import numpy as np
     import torch
 
-    from fm_numpy.io import save_npz
+    from fm_torch.sampling import NpzStreamWriter, check_output_fits, sample_in_chunks
+    from fm_torch.solvers import ClassifierFreeGuidance
     from fm_torch.train import load_model, sample, save_image_grid, save_scatter
 
-    if args.steps < 1 or args.per_class < 1 or args.n < 1:
-        raise ValueError("--steps, --per-class and -n must be positive integers")
+    if args.steps < 1 or args.per_class < 1 or args.n < 1 or args.chunk < 1:
+        raise ValueError("--steps, --per-class, -n and --chunk must be positive integers")
     if not args.out.lower().endswith(".png"):
         raise ValueError(f"--out must name a .png file, got {args.out!r}")
     device = torch.device(args.device)
     model, checkpoint = load_model(args.model, ema=not args.no_ema, map_location=device)
     model = model.to(device)
+    from fm_torch.cli_diffusion import sampler_for
+
+    chosen = sampler_for(checkpoint, args)  # a DDPM: its flow ODE (--as-flow) or DDIM
+    if chosen is not sample or getattr(model, "mean_flow", False):
+        return _sample_whole(args, model, checkpoint, chosen)  # not chunked
+    g = torch.Generator().manual_seed(args.seed)
+    stem = os.path.splitext(args.out)[0]
+    mnist = checkpoint["config"]["data"] == "mnist"
+    n, shape = (10 * args.per_class, (1, 28, 28)) if mnist else (args.n, (2,))
+    if args.npz:
+        row_bytes = 4 * int(np.prod(shape)) + (8 if mnist else 0)  # float32 rows [+ labels]
+        check_output_fits(args.npz, n * row_bytes, f"{n} samples ({args.npz})")
+    # rows whose whole path is plotted: the first of each class (MNIST), the first 300 (2-D)
+    traced = (np.arange(10) * args.per_class) if mnist else np.arange(min(n, 300))
+    x0_traced, drawn = {}, [0]
+
+    def draw(k):  # the next k rows of noise, chunk after chunk from one generator
+        x0 = torch.randn((k, *shape), generator=g)  # (k, ...)
+        for i in traced[(traced >= drawn[0]) & (traced < drawn[0] + k)]:
+            x0_traced[int(i)] = x0[int(i) - drawn[0]]
+        drawn[0] += k
+        return x0.to(device)
+
+    calls = [0]
+
+    def field(x, t, y=None):
+        calls[0] += 1
+        return (ClassifierFreeGuidance(model, y, args.guidance)(x, t) if y is not None
+                else model(x, t, None))
+
+    t_grid = torch.linspace(0, 1, args.steps + 1, dtype=torch.float64)
+    y_all = torch.arange(n, device=device) // args.per_class if mnist else None  # class rows
+    kept, done = [], [0]
+    with (NpzStreamWriter(args.npz) if args.npz else _NoWriter()) as writer:
+        writer.begin("images" if mnist else "samples", (n, 28, 28) if mnist else (n, 2),
+                     np.float32)
+
+        def sink(x1):  # end states of the next rows, in order
+            rows = ((x1[:, 0].clamp(-1, 1) + 1) / 2 if mnist else x1).float().cpu().numpy()
+            writer.write(rows)
+            idx = done[0] + np.arange(len(rows))
+            keep = idx % args.per_class < _GRID_PER_CLASS if mnist else idx < 100_000
+            kept.append(rows[keep])
+            done[0] += len(rows)
+
+        sample_in_chunks(field, draw, t_grid, args.method, args.chunk, y=y_all, n=n, sink=sink)
+        if mnist:
+            writer.begin("labels", (n,), np.int64)
+            for lo in range(0, n, 1 << 20):
+                writer.write(y_all[lo:lo + (1 << 20)].cpu().numpy())
+    nfe = calls[0] // -(-n // args.chunk)  # evaluations per chunk
+    x0_head = torch.stack([x0_traced[int(i)] for i in traced])  # (len(traced), ...)
+    if mnist:
+        per_row = min(args.per_class, _GRID_PER_CLASS)
+        save_image_grid(args.out, np.concatenate(kept), rows=10)
+        # trajectory strip: one sample per class (rows), t = 0, 0.1, ..., 1 (columns)
+        xs = sample(model, x0_head.to(device), y_all[torch.from_numpy(traced).to(device)],
+                    args.guidance, args.method, args.steps)  # (steps+1, 10, 1, 28, 28)
+        strip = ((xs[:, :, 0].clamp(-1, 1) + 1) / 2).cpu().numpy()[_strip_indices(args.steps)]
+        save_image_grid(stem + "_trajectory.png", strip.transpose(1, 0, 2, 3).reshape(-1, 28, 28),
+                        rows=10)  # (11, 10, 28, 28) -> rows of one class
+        evals = nfe * (1 if args.guidance in (0.0, 1.0) else 2)  # guidance runs the model twice
+        shown = "" if per_row == args.per_class else f", the grid shows {per_row} per class"
+        print(f"wrote {args.out} ({n} images{shown}, NFE {nfe}, {evals} model evaluations) and "
+              f"{stem}_trajectory.png" + (f" and {args.npz}" if args.npz else ""))
+        return 0
+    points = np.concatenate(kept)  # (<= 100000, 2)
+    save_scatter(args.out, points, f"{checkpoint['config']['data']}: {n} samples")
+    xs = sample(model, x0_head.to(device), None, 1.0, args.method, args.steps)
+    _plot_trajectories_2d(xs.cpu().numpy(), stem + "_trajectory.png")  # (steps+1, 300, 2)
+    print(f"wrote {args.out} ({n} samples, NFE {nfe}) and "
+          f"{stem}_trajectory.png" + (f" and {args.npz}" if args.npz else ""))
+    return 0
+
+
+class _NoWriter:
+    """Stands in for NpzStreamWriter when no .npz is asked for."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def begin(self, *args):
+        pass
+
+    def write(self, rows):
+        pass
+
+
+def _sample_whole(args, model, checkpoint, sample):
+    """A DDPM's samplers and MeanFlow: the whole batch at once, trajectory kept (not chunked)."""
+    import numpy as np
+    import torch
+
+    from fm_numpy.io import save_npz
+    from fm_torch.train import save_image_grid, save_scatter
+
+    device = torch.device(args.device)
+    if getattr(model, "mean_flow", False):
+        sample = _sample  # MeanFlow: K average-velocity steps for --method euler
     g = torch.Generator().manual_seed(args.seed)
     stem = os.path.splitext(args.out)[0]
     if checkpoint["config"]["data"] == "mnist":
@@ -165,6 +293,18 @@ def cmd_sample(args):
     return 0
 
 
+def _sample(model, x0, y, guidance, method, steps, return_nfe=True):
+    """fm_torch.train.sample, or for a MeanFlow model with method "euler" K = steps
+    average-velocity steps (NFE K); returns (trajectory, NFE)."""
+    from fm_torch.train import sample
+
+    if getattr(model, "mean_flow", False) and method == "euler":
+        from fm_torch.meanflow import sample as meanflow_sample
+
+        return meanflow_sample(model, x0, steps, y, guidance), int(steps)
+    return sample(model, x0, y, guidance, method, steps, return_nfe=return_nfe)
+
+
 def _plot_trajectories_2d(xs, path, n_paths=300):
     import matplotlib
 
@@ -187,10 +327,13 @@ def _plot_trajectories_2d(xs, path, n_paths=300):
 
 
 # ---------------------------------------------------------------------- main
+from fm_torch.cli_diffusion import add_train_diffusion_parser  # noqa: E402  (issue 16)
+from fm_torch.cli_evaluate import add_evaluate_parser  # noqa: E402
+from fm_torch.cli_fewstep import add_reflow_parser  # noqa: E402  (issue 12's subcommand)
 from fm_torch.cli_likelihood import add_likelihood_parser  # noqa: E402  (H3's subcommand)
-from fm_torch.evaluate import add_evaluate_parser  # noqa: E402  (H6's subcommand)
 
-SUBCOMMANDS = [add_train_parser, add_sample_parser, add_likelihood_parser, add_evaluate_parser]
+SUBCOMMANDS = [add_train_parser, add_sample_parser, add_likelihood_parser, add_evaluate_parser,
+               add_train_diffusion_parser, add_reflow_parser]
 
 
 def build_parser():

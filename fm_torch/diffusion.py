@@ -208,6 +208,13 @@ class DiffusionToFlow:
         self.t_min = float(t_table[-1])
         self.t_max = float(t_table[0])
 
+    @classmethod
+    def from_diffusers(cls, unet, scheduler, **unet_kwargs):
+        """A diffusers UNet and DDPM/DDIM scheduler as a flow (fm_torch/diffusers_interop.py)."""
+        from fm_torch.diffusers_interop import from_diffusers
+
+        return from_diffusers(unet, scheduler, **unet_kwargs)
+
     def __repr__(self):
         return (f"DiffusionToFlow(prediction={self.prediction!r}, "
                 f"steps={len(self.alphas_cumprod)}, t in [{self.t_min:.4g}, {self.t_max:.4g}])")
@@ -326,17 +333,20 @@ def ddim_timesteps(num_train_steps, num_steps):
 
 
 @torch.no_grad()
-def ddim_sample(model, x_T, alphas_cumprod, num_steps, prediction="epsilon", y=None):
+def ddim_sample(model, x_T, alphas_cumprod, num_steps, prediction="epsilon", y=None,
+                return_all=False):
     """Deterministic DDIM (eta = 0, Song et al. 2021) from x_T at step N-1 to data.
 
     Each step: out = model(x, k, y), (x1_hat, x0_hat) from out, then
     x <- sqrt(abar_next) x1_hat + sqrt(1 - abar_next) x0_hat, with abar_next = 1 after
-    step 0. One model evaluation per step (NFE = num_steps).
+    step 0. One model evaluation per step (NFE = num_steps). With return_all=True the
+    states before and after every step, (num_steps + 1, *x_T.shape), not only the last.
     """
     abar = _check_alphas_cumprod(alphas_cumprod)
     _check_prediction(prediction)
     steps = ddim_timesteps(len(abar), num_steps)
     x = x_T
+    states = [x]
     for i, k in enumerate(steps):
         abar_next = abar[steps[i + 1]] if i + 1 < len(steps) else torch.ones((), dtype=F64)
         timestep = torch.full((x.shape[0],), float(k), dtype=x.dtype, device=x.device)  # (B,)
@@ -347,4 +357,5 @@ def ddim_sample(model, x_T, alphas_cumprod, num_steps, prediction="epsilon", y=N
         a_next = torch.sqrt(abar_next).to(x.dtype).to(x.device)
         b_next = torch.sqrt(1 - abar_next).to(x.dtype).to(x.device)
         x = a_next * x1_hat + b_next * x0_hat  # (B, ...)
-    return x
+        states.append(x)
+    return torch.stack(states) if return_all else x

@@ -82,14 +82,17 @@ def _check_grid(t_grid):
 
 
 @torch.no_grad()
-def odeint(v, x0, t_grid, method="euler", return_nfe=False, rtol=1e-5, atol=1e-5):
+def odeint(v, x0, t_grid, method="euler", return_nfe=False, rtol=1e-5, atol=1e-5,
+           only_last=False):
     """Solve dx/dt = v(x, t) from x(t_grid[0]) = x0; return x at every grid time.
 
     `v(x, t)` receives t as a Python float from the fixed-step methods and as a 0-d
     tensor from the adaptive ones. Fixed-step methods step once per grid interval
     (forward or backward in time); adaptive methods ("dopri5", "dopri8") choose their
     own steps to meet rtol/atol and report the state at the grid times.
-    Returns xs of shape (len(t_grid), *x0.shape), and the NFE too if return_nfe.
+    Returns xs of shape (len(t_grid), *x0.shape), and the NFE too if return_nfe; with
+    only_last=True, the state at the last grid time alone (shape x0.shape), and the fixed
+    steps keep no trajectory (memory of one state, not len(t_grid)).
     Runs without autograd; call the step functions directly to differentiate through them.
     """
     t_grid = _check_grid(t_grid)
@@ -101,13 +104,16 @@ def odeint(v, x0, t_grid, method="euler", return_nfe=False, rtol=1e-5, atol=1e-5
     if method in FIXED_METHODS:
         step = FIXED_METHODS[method]
         ts = t_grid.tolist()
-        xs = x0.new_empty((len(ts),) + tuple(x0.shape))  # (N, B, ...)
-        xs[0] = x0
+        xs = None if only_last else x0.new_empty((len(ts),) + tuple(x0.shape))
+        if xs is not None:
+            xs[0] = x0  # (N, B, ...)
         x = x0
         for n in range(len(ts) - 1):
             t, h = ts[n], ts[n + 1] - ts[n]
             x = step(v, x, t, h)
-            xs[n + 1] = x
+            if xs is not None:
+                xs[n + 1] = x
+        xs = x if only_last else xs
     elif method in ADAPTIVE_METHODS:
         t_grid = t_grid.to(x0.device)
         t_lo, t_hi = float(t_grid.min()), float(t_grid.max())
@@ -118,6 +124,7 @@ def odeint(v, x0, t_grid, method="euler", return_nfe=False, rtol=1e-5, atol=1e-5
             lambda t, x: v(x, t.clamp(t_lo, t_hi)), x0, t_grid, method=method, rtol=rtol,
             atol=atol, options=dict(step_t=t_grid),
         )  # (N, B, ...)
+        xs = xs[-1] if only_last else xs
     else:
         known = ", ".join(list(FIXED_METHODS) + list(ADAPTIVE_METHODS))
         raise ValueError(f"unknown solver method {method!r}; choose one of {known}")

@@ -15,8 +15,13 @@ Only rank 0 writes. A run folder holds config.json, loss.csv (step,loss,images_p
 ckpt.pt (model, EMA, optimizer, step, every rank's generator state; written atomically
 every ckpt_every steps, read with weights_only=True) and samples_<step>.png (every
 sample_every steps).
+
+Few-step hooks, as fm_numpy/train.py (fm_torch/fewstep.py): `coupling` re-pairs the noise
+in each batch, `objective="meanflow"` trains the average velocity (torch.func.jvp),
+`pairs` trains on fixed reflow pairs, `distill` fixes t = 0.
 """
 
+import math
 import os
 import time
 
@@ -52,6 +57,9 @@ DEFAULTS = {
     "label_dropout": 0.1, "weight_decay": 0.0, "max_grad_norm": 1.0, "ema_decay": 0.999,
     "base": 32, "mults": [1, 2, 2], "res_blocks": 1, "sample_every": 1000, "n_train": None,
     "toy_pool": 100_000, "bf16": False, "compile": False,
+    "coupling": "independent", "coupling_block": None, "objective": "fm",
+    "meanflow_ratio": 0.25, "meanflow_norm_p": 1.0, "pairs": None, "distill": False,
+    "diffusion": None, "init_from": None,  # fm_torch/train_diffusion.py: DDPM, Diff2Flow
 }
 MNIST_DEFAULTS = {"steps": 3000, "batch": 128, "lr": 1e-3, "weight_decay": 0.0}
 
@@ -92,6 +100,16 @@ def resolve_config(**overrides):
     if config["max_grad_norm"] is not None and not config["max_grad_norm"] > 0:
         raise ValueError(f"max_grad_norm must be positive, got {config['max_grad_norm']}")
     make_scheduler(config["scheduler"])  # raises ValueError for an unknown name
+    if config["diffusion"] is not None:
+        from fm_torch.train_diffusion import check_diffusion_config
+
+        config["diffusion"] = check_diffusion_config(config["diffusion"], config["scheduler"])
+    from fm_numpy.fewstep import check_fewstep_settings
+
+    check_fewstep_settings(config)
+    if config["objective"] == "meanflow" and config["diffusion"] is not None:
+        raise ValueError("objective meanflow trains a flow; it cannot be combined with a "
+                         "diffusion objective")
     return config
 
 
@@ -101,11 +119,12 @@ def build_model(config):
         from fm_torch.models.unet import UNet
 
         return UNet(1, config["base"], tuple(config["mults"]), config["res_blocks"],
-                    config["time_features"], num_classes=10)
+                    config["time_features"], num_classes=10,
+                    mean_flow=config.get("objective") == "meanflow")
     from fm_torch.models.mlp import MLP
 
     return MLP(2, config["hidden"], config["depth"], config["time_features"], None,
-               seed=config["seed"])
+               seed=config["seed"], mean_flow=config.get("objective") == "meanflow")
 
 
 def load_model(path, ema=True, map_location="cpu"):
@@ -122,7 +141,9 @@ def load_model(path, ema=True, map_location="cpu"):
     except RuntimeError as e:
         reason = str(e).splitlines()[0]
         raise ValueError(f"{path}: weights do not fit the model ({reason})") from None
-    return model.eval(), checkpoint
+    from fm_torch.train_diffusion import velocity_view  # a diffusion net as its flow
+
+    return velocity_view(config, model).eval(), checkpoint
 
 
 def flow_matching_loss(model, path, x1, y, x0, t):
@@ -142,6 +163,11 @@ def _dist_info():
 
 
 def _make_data(config, data_dir, rank, world_size):
+    if config["pairs"] is not None:  # reflow: the teacher's x1 (and y) in place of the data
+        from fm_torch.reflow import pair_tensors
+
+        x0, x1, y = pair_tensors(config["pairs"])
+        return shard(x1, y, rank, world_size)
     if config["data"] == "mnist":
         x1, y = load_mnist_tensors("train", data_dir=data_dir)
         if config["n_train"] is not None:
@@ -160,14 +186,22 @@ def _write_losses(path, rows, append):
     write_log(path, header, [(s, repr(v), f"{r:.1f}") for s, v, r in rows], append)
 
 
-def train(out, resume=False, progress=True, device=None, data_dir=None, **settings):
+def train(out, resume=False, progress=True, device=None, data_dir=None, sync_every=None,
+          **settings):
     """Train a velocity field; returns (model, losses) with losses [(step, loss, images/s), ...].
 
     `settings` are the keys of DEFAULTS (see resolve_config); `batch` is per process.
     With resume=True the run in `out` continues from out/ckpt.pt (its settings must
     match, except steps/ckpt_every/sample_every/bf16/compile) to the same weights as an
     uninterrupted run. Raises TrainingDiverged at the first non-finite loss, keeping the
-    last checkpoint. bf16 autocast and torch.compile apply on CUDA only.
+    last checkpoint. bf16 autocast applies on CUDA and CPU, torch.compile on CUDA only
+    unless FM_TORCH_COMPILE_CPU names a backend for CPU ("inductor", "aot_eager": tests).
+
+    Host syncs (see `_sync`): the losses stay on the device and are read, with one
+    all-reduce of [losses, stop flag] under DDP, every `sync_every` steps (default 1 on
+    one CPU process, 50 otherwise) and at every checkpoint, progress sample and the last
+    step. The first non-finite loss is still named by its exact step, and no checkpoint
+    is written after it; the stop at Ctrl-C under DDP waits for the next sync.
     """
     from tqdm import tqdm
 
@@ -183,13 +217,19 @@ def train(out, resume=False, progress=True, device=None, data_dir=None, **settin
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         own_group = True
     try:
-        return _train(out, resume, progress, device, data_dir, config, world_size, rank, tqdm)
+        if sync_every is None:
+            sync_every = 1 if device.type == "cpu" and world_size == 1 else 50
+        if isinstance(sync_every, bool) or int(sync_every) != sync_every or sync_every < 1:
+            raise ValueError(f"sync_every must be a positive integer, got {sync_every!r}")
+        return _train(out, resume, progress, device, data_dir, config, world_size, rank, tqdm,
+                      int(sync_every))
     finally:
         if own_group:
             dist.destroy_process_group()
 
 
-def _train(out, resume, progress, device, data_dir, config, world_size, rank, tqdm):
+def _train(out, resume, progress, device, data_dir, config, world_size, rank, tqdm,
+           sync_every=1):
     is_main = rank == 0
     ckpt_path = os.path.join(out, _CKPT)
     loss_path = os.path.join(out, "loss.csv")
@@ -199,13 +239,27 @@ def _train(out, resume, progress, device, data_dir, config, world_size, rank, tq
         raise ValueError(f"{out} already holds a run; resume it or choose another output folder")
 
     x1_all, y_all = _make_data(config, data_dir, rank, world_size)
+    # the shard lives on the device and batches are drawn there: no per-step host copy
+    x1_all = x1_all.to(device)
+    y_all = None if y_all is None else y_all.to(device)
+    from fm_torch.fewstep import FewStepHooks
+
+    hooks = FewStepHooks(config, out, rank, world_size)
     torch.manual_seed(config["seed"])  # the same initial weights in every process
     model = build_model(config).to(device)
+    if config["init_from"] is not None and not resume:
+        from fm_torch.train_diffusion import load_init_weights
+
+        load_init_weights(model, config)  # a fine-tune: start from that run's EMA weights
     ema = EMA(model, config["ema_decay"])
     opt = torch.optim.AdamW(model.parameters(), lr=config["lr"],
                             weight_decay=config["weight_decay"])
-    gen = torch.Generator().manual_seed(config["seed"] + 1000 * rank)  # this rank's draws
+    # this rank's draws, made on the training device (on CPU: the same numbers as ever)
+    gen = torch.Generator(device=device).manual_seed(config["seed"] + 1000 * rank)
     path = AffinePath(make_scheduler(config["scheduler"]))
+    from fm_torch.train_diffusion import training_loss, velocity_view
+
+    loss_fn = training_loss(config)  # flow_matching_loss, or a DDPM / Diff2Flow objective
     step = 0
     if resume:
         step = _load_state(ckpt_path, config, model, ema, opt, gen, rank, world_size)
@@ -219,12 +273,13 @@ def _train(out, resume, progress, device, data_dir, config, world_size, rank, tq
     if world_size > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if on_cuda else None)
-    if config["compile"] and on_cuda:
-        net = torch.compile(net)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config["bf16"] and on_cuda)
+    cpu_backend = os.environ.get("FM_TORCH_COMPILE_CPU")  # tests: "inductor" or "aot_eager"
+    if config["compile"] and (on_cuda or cpu_backend):
+        net = torch.compile(net, backend="inductor" if on_cuda else cpu_backend)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config["bf16"])
 
     B, C = config["batch"], (10 if config["data"] == "mnist" else None)
-    pending, last_good = [], step
+    pending, window, last_good = [], [], step
     bar = tqdm(total=config["steps"], initial=step, disable=not (progress and is_main),
                desc="train", mininterval=0.5, dynamic_ncols=True)
     t_start, images = time.perf_counter(), 0
@@ -232,48 +287,52 @@ def _train(out, resume, progress, device, data_dir, config, world_size, rank, tq
     sigint = DeferredSigint().__enter__()  # Ctrl-C: finish the step, checkpoint, stop
     try:
         while step < config["steps"]:
-            idx = torch.randint(0, len(x1_all), (B,), generator=gen)  # (B,)
+            idx = torch.randint(0, len(x1_all), (B,), generator=gen, device=device)  # (B,)
             x1 = x1_all[idx]  # (B, ...)
-            t = torch.rand(B, generator=gen)  # (B,)
-            x0 = torch.randn(x1.shape, generator=gen)  # (B, ...)
-            y = None
+            t = torch.rand(B, generator=gen, device=device)  # (B,)
+            x0 = torch.randn(x1.shape, generator=gen, device=device)  # (B, ...)
+            y = None if C is None else y_all[idx]  # (B,)
+            x0, t = hooks.couple(x0, x1, y, t, gen, idx)  # re-paired noise; distill: t = 0
             if C is not None:
-                y = y_all[idx]  # (B,)
-                drop = torch.rand(B, generator=gen) < config["label_dropout"]
-                y = torch.where(drop, torch.full_like(y, C), y).to(device)  # null class for CFG
-            x1, x0, t = x1.to(device), x0.to(device), t.to(device)
-            with autocast:
-                loss = flow_matching_loss(net, path, x1, y, x0, t)
+                drop = torch.rand(B, generator=gen, device=device) < config["label_dropout"]
+                y = torch.where(drop, torch.full_like(y, C), y)  # null class for CFG
+            if hooks.meanflow:  # full precision: the JVP target is a small difference
+                loss, logged = hooks.meanflow_loss(net, path, x1, y, x0, gen, device)
+            else:
+                with autocast:
+                    loss = loss_fn(net, path, x1, y, x0, t)
+                logged = loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            loss_value = loss.detach()
-            if world_size > 1:
-                dist.all_reduce(loss_value)  # every rank sees a NaN and stops together
-                loss_value /= world_size
-            loss_value = loss_value.item()
-            if not torch.isfinite(torch.tensor(loss_value)):
-                raise TrainingDiverged(
-                    f"loss is {loss_value} at step {step + 1}; stopped, the last good "
-                    f"checkpoint (step {last_good}) is kept in {out}")
             if config["max_grad_norm"] is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config["max_grad_norm"])
             opt.step()
             ema.update(model)
+            hooks.step_done()
             step += 1
             images += B * world_size
             rate = images / (time.perf_counter() - t_start)
-            pending.append((step, loss_value, rate))
-            if step % 10 == 0 or step == config["steps"]:
-                avg = sum(v for _, v, _ in pending[-50:]) / len(pending[-50:])
-                bar.set_postfix(loss=f"{avg:.4f}", img_s=f"{rate:.0f}", refresh=False)
+            window.append((step, logged.detach(), rate))  # read at the next sync
             bar.update(1)
-            stop = sigint.requested
-            if world_size > 1:  # every rank stops at the same step when any rank saw SIGINT
-                flag = torch.tensor([float(stop)], device=device)
-                dist.all_reduce(flag)
-                stop = bool(flag.item() > 0)
+            boundary = (step % config["ckpt_every"] == 0 or step == config["steps"]
+                        or step % config["sample_every"] == 0)
+            # one process stops at once on Ctrl-C; under DDP the ranks agree at a sync
+            stop = sigint.requested and world_size == 1
+            if stop or boundary or step % sync_every == 0:
+                rows, stop = _sync(window, sigint.requested, world_size)
+                window = []
+                pending.extend(rows)
+                bad = next(((s, v) for s, v, _ in rows if not math.isfinite(v)), None)
+                if bad is not None:
+                    raise TrainingDiverged(
+                        f"loss is {bad[1]} at step {bad[0]}; stopped, the last good "
+                        f"checkpoint (step {last_good}) is kept in {out}")
+                avg = sum(v for _, v, _ in pending[-50:]) / len(pending[-50:])
+                bar.set_postfix(loss=f"{avg:.4f}", img_s=f"{rate:.0f}", refresh=False,
+                                **hooks.postfix())
             if step % config["ckpt_every"] == 0 or step == config["steps"] or stop:
-                if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                finite = torch.stack([torch.isfinite(p).all() for p in model.parameters()])
+                if not bool(finite.all()):  # one host sync for all parameters
                     raise TrainingDiverged(
                         f"weights became NaN or infinite at step {step}; stopped, the last "
                         f"good checkpoint (step {last_good}) is kept in {out}")
@@ -281,6 +340,7 @@ def _train(out, resume, progress, device, data_dir, config, world_size, rank, tq
                 if is_main:
                     _write_losses(loss_path, pending, append=True)
                     _save_state(ckpt_path, config, model, ema, opt, states, step, world_size)
+                    hooks.save_timing()
                 losses.extend(pending)
                 pending = []
                 last_good = step
@@ -288,11 +348,28 @@ def _train(out, resume, progress, device, data_dir, config, world_size, rank, tq
                 raise TrainingInterrupted(
                     f"interrupted at step {step}; checkpoint saved in {out}, resume to continue")
             if is_main and step % config["sample_every"] == 0:
-                _plot_progress(out, config, ema.model, step, device)
+                _plot_progress(out, config, velocity_view(config, ema.model), step, device)
     finally:
         sigint.__exit__(None, None, None)
         bar.close()
     return model, losses
+
+
+def _sync(window, stop, world_size):
+    """(rows, stop): the losses of `window` [(step, loss tensor, rate)] read in one host sync.
+
+    Under DDP the losses and this rank's stop flag travel in one all-reduce (sum), so
+    every rank sees the mean loss of every step (and a NaN on any rank) and the same
+    stop decision, at the same step.
+    """
+    values = torch.stack([loss for _, loss, _ in window])  # (k,) on the device
+    if world_size > 1:
+        values = torch.cat([values, values.new_tensor([float(stop)])])
+        dist.all_reduce(values)
+        stop = bool(values[-1] > 0)
+        values = values[:-1] / world_size
+    rows = [(s, v, r) for (s, _, r), v in zip(window, values.tolist(), strict=True)]
+    return rows, stop
 
 
 def _gather_rng(gen, world_size):
@@ -345,6 +422,8 @@ def sample(model, x0, y=None, guidance=1.0, method="midpoint", steps=20, return_
     """
     from fm_torch.solvers import ClassifierFreeGuidance, odeint
 
+    if hasattr(model, "flow_sample"):  # a diffusion model's flow starts at t_min (train_diffusion)
+        return model.flow_sample(x0, y, guidance, method, steps, return_nfe)
     if int(steps) < 1:
         raise ValueError(f"steps must be a positive integer, got {steps}")
     v = ClassifierFreeGuidance(model, y, guidance) if y is not None else (

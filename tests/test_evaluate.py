@@ -7,6 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fm_torch import cli_evaluate as cli_ev
 from fm_torch import evaluate as ev
 
 
@@ -167,7 +168,7 @@ def test_evaluate_cli_writes_json(tiny_judge, mnist_small, tiny_unet_ckpt, tmp_p
     from fm_torch.cli import main
 
     model, info, _ = tiny_judge
-    monkeypatch.setattr(ev, "load_or_train_classifier", lambda **k: (model, info))
+    monkeypatch.setattr(cli_ev, "load_or_train_classifier", lambda **k: (model, info))
     import fm_numpy.data
 
     splits = {"train": mnist_small[0], "test": mnist_small[1]}
@@ -203,11 +204,11 @@ def test_evaluate_samples_npz_matches_mnist_metrics(tiny_judge, mnist_small, tmp
     model, info, _ = tiny_judge
     images, labels = mnist_small[1][0][:50], mnist_small[1][1][:50]
     save_npz(tmp_path / "s.npz", images=images, labels=labels)
-    got = ev.evaluate_samples(tmp_path / "s.npz", classifier=model, info=info,
-                              reference=mnist_small)
+    got = cli_ev.evaluate_samples(tmp_path / "s.npz", classifier=model, info=info,
+                                  reference=mnist_small)
     want = ev.mnist_metrics(images, labels, model, info, mnist_small)
     assert got["fd"] == want["fd"] and got["class_accuracy"] == want["class_accuracy"]
-    monkeypatch.setattr(ev, "load_or_train_classifier", lambda **k: (model, info))
+    monkeypatch.setattr(cli_ev, "load_or_train_classifier", lambda **k: (model, info))
     import fm_numpy.data
 
     splits = {"train": mnist_small[0], "test": mnist_small[1]}

@@ -6,6 +6,8 @@
     a_i     = h_i @ W{i} + b{i},   h_{i+1} = a_i * sigmoid(a_i),   i = 0..depth-1
     v       = h_depth @ W{depth} + b{depth}                            # (B, dim)
 
+mean_flow=True: the average velocity u(x, r, t), phi(r) in place of phi(t) and phi(t - r)
+appended to h_0 (as fm_numpy/mlp.py); r=None means r = t.
 Initial weights are those of fm_numpy.mlp.MLP with the same seed, so both packages start
 from the same network. Weights move both ways through one .npz file.
 """
@@ -33,10 +35,11 @@ class MLP(nn.Module):
     """v = MLP(x, t, y) with parameters "W0", "b0", ..., "W{depth}", "b{depth}" [, "E"]."""
 
     def __init__(self, dim, hidden=256, depth=3, time_features=32, num_classes=None, seed=0,
-                 dtype=torch.float32):
+                 dtype=torch.float32, mean_flow=False):
         super().__init__()
         reference = NumpyMLP(dim, hidden, depth, time_features, num_classes, seed,
-                             dtype=_dtype_name(dtype))
+                             dtype=_dtype_name(dtype), mean_flow=mean_flow)
+        self.mean_flow = reference.mean_flow
         self.config = dict(reference.config)
         self.dim, self.hidden, self.depth = reference.dim, reference.hidden, reference.depth
         self.time_features, self.num_classes = reference.time_features, reference.num_classes
@@ -45,13 +48,17 @@ class MLP(nn.Module):
             self.register_parameter(name, nn.Parameter(torch.from_numpy(p.copy())))
         half = self.time_features // 2
         freqs = torch.exp(-np.log(10000.0) * torch.arange(half, dtype=torch.float64) / half)
+        if self.mean_flow:  # fm_numpy's slower rate (MEAN_FLOW_TIME_RATE), its very numbers
+            freqs = torch.from_numpy(reference.freqs.astype(np.float64))
         self.register_buffer("freqs", freqs.to(self.dtype), persistent=False)  # (T/2,)
 
     def extra_repr(self):
         return ", ".join(f"{k}={v!r}" for k, v in self.config.items())
 
-    def forward(self, x, t, y=None):
-        """v = MLP(x, t, y): x (B, dim), t scalar or (B,), y None or ints (B,) (C = null class)."""
+    def forward(self, x, t, y=None, r=None):
+        """v = MLP(x, t, y): x (B, dim), t scalar or (B,), y None or ints (B,) (C = null class).
+
+        Mean-flow models: u(x, r, t) with x at time r <= t (r=None: r = t)."""
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape (B, {self.dim}), got {tuple(x.shape)}")
         B = x.shape[0]
@@ -63,6 +70,7 @@ class MLP(nn.Module):
         if not bool(((t >= 0) & (t <= 1)).all()):  # as fm_numpy.mlp: NaN fails too
             raise ValueError(f"t must lie in [0, 1], got values from {t.min().item()} to "
                              f"{t.max().item()}")
+        t, interval = self._check_r(r, t, B)  # t <- r: the time of x; interval = t - r
         targ = (1000 * t)[:, None] * self.freqs  # (B, T/2)
         parts = [x, torch.cos(targ), torch.sin(targ)]
         if self.num_classes:
@@ -75,11 +83,28 @@ class MLP(nn.Module):
             parts.append(self.E[y])  # (B, T)
         elif y is not None:
             raise ValueError("this MLP is unconditional (num_classes=None) but labels were given")
+        if self.mean_flow:
+            targ = (1000 * interval)[:, None] * self.freqs  # (B, T/2) phi(t - r)
+            parts += [torch.cos(targ), torch.sin(targ)]
         h = torch.cat(parts, dim=1)  # (B, D + T [+ T])
         for i in range(self.depth):
             a = h @ getattr(self, f"W{i}") + getattr(self, f"b{i}")  # (B, H)
             h = a * torch.sigmoid(a)  # silu(a) = a / (1 + exp(-a))
         return h @ getattr(self, f"W{self.depth}") + getattr(self, f"b{self.depth}")  # (B, D)
+
+    def _check_r(self, r, t, B):
+        if r is None:
+            return t, torch.zeros_like(t)
+        if not self.mean_flow:
+            raise ValueError("r is an input of mean-flow models only (mean_flow=False here)")
+        r = torch.as_tensor(r, dtype=t.dtype, device=t.device)
+        if r.ndim == 0:
+            r = r.expand(B)
+        elif r.shape != (B,):
+            raise ValueError(f"r must be a scalar or have shape ({B},), got {tuple(r.shape)}")
+        if not bool(((r >= 0) & (r <= t)).all()):
+            raise ValueError("r must lie in [0, t] (the average velocity runs from r to t)")
+        return r, t - r
 
     def save_npz(self, path):
         """Write the parameters and "config" (JSON) to .npz atomically, as fm_numpy does."""

@@ -8,6 +8,9 @@ Conditioning: emb = MLP(phi(t)) + E[y], added inside every ResBlock, with
   phi(t) = [cos(1000 t freqs), sin(1000 t freqs)], freqs_k = exp(-log(10000) k / half)
   (the MLP's time features) and E a table of num_classes + 1 rows; row num_classes is
   the null class, used when y is None (classifier-free guidance).
+mean_flow=True (MeanFlow's average velocity u(x, r, t), x at time r): emb = MLP(phi(r))
+  + MLP'(phi(t - r)) + E[y], with a second time MLP of the same shape, both features at
+  100 t freqs (fm_numpy.mlp.MEAN_FLOW_TIME_RATE); r=None means r = t.
 """
 
 import math
@@ -15,6 +18,8 @@ import math
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from fm_numpy.mlp import MEAN_FLOW_TIME_RATE
 
 __all__ = ["UNet", "time_features"]
 
@@ -87,6 +92,7 @@ class UNet(nn.Module):
         num_classes=10,
         heads=4,
         dropout=0.0,
+        mean_flow=False,
     ):
         super().__init__()
         if time_features % 2:
@@ -101,12 +107,18 @@ class UNet(nn.Module):
             heads=heads,
             dropout=dropout,
         )
+        self.mean_flow = bool(mean_flow)
+        if self.mean_flow:  # only then in the config, as the MLP does
+            self.config["mean_flow"] = True
         self.num_classes = num_classes
         self.n_time = time_features
         emb_dim = 4 * base
         self.time_mlp = nn.Sequential(
             nn.Linear(time_features, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )
+        self.interval_mlp = nn.Sequential(  # phi(t - r) for mean-flow models only
+            nn.Linear(time_features, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+        ) if self.mean_flow else None
         self.label_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
         self.conv_in = nn.Conv2d(channels, base, 3, padding=1)
 
@@ -147,15 +159,28 @@ class UNet(nn.Module):
         """Number of trainable parameters."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
-    def embed(self, t, y, batch, device):
-        """emb = MLP(phi(t)) + E[y]; y None means the null class (row num_classes)."""
+    def embed(self, t, y, batch, device, r=None):
+        """emb = MLP(phi(t)) + E[y]; y None means the null class (row num_classes).
+
+        Mean-flow models: emb = MLP(phi(r)) + MLP'(phi(t - r)) + E[y] (r=None: r = t)."""
         # in the weights' dtype: float32 (also under bf16 autocast), float64 for likelihoods
         t = torch.as_tensor(t, dtype=self.conv_in.weight.dtype, device=device)
         if t.ndim == 0:
             t = t.expand(batch)
         if t.shape != (batch,):
             raise ValueError(f"t must be a scalar or have shape ({batch},), got {tuple(t.shape)}")
-        emb = self.time_mlp(time_features(t, self.n_time))  # (B, 4C)
+        if r is not None and not self.mean_flow:
+            raise ValueError("r is an input of mean-flow models only (mean_flow=False here)")
+        if r is not None:
+            r = torch.as_tensor(r, dtype=t.dtype, device=device)
+            r = r.expand(batch) if r.ndim == 0 else r
+        t_x = t if r is None else r  # the time of x
+        if self.mean_flow:  # features at 100 t freqs, as fm_numpy.mlp.MEAN_FLOW_TIME_RATE
+            emb = self.time_mlp(time_features(t_x * MEAN_FLOW_TIME_RATE, self.n_time))
+            emb = emb + self.interval_mlp(
+                time_features((t - t_x) * MEAN_FLOW_TIME_RATE, self.n_time))  # (B, 4C)
+        else:
+            emb = self.time_mlp(time_features(t, self.n_time))  # (B, 4C)
         if self.label_emb is not None:
             if y is None:
                 y = torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
@@ -167,11 +192,13 @@ class UNet(nn.Module):
             raise ValueError("this U-Net is unconditional (num_classes=None); pass y=None")
         return emb
 
-    def forward(self, x, t, y=None):
-        """v_theta(x, t, y): x (B, channels, H, W), t scalar or (B,), y (B,) ints or None."""
+    def forward(self, x, t, y=None, r=None):
+        """v_theta(x, t, y): x (B, channels, H, W), t scalar or (B,), y (B,) ints or None.
+
+        Mean-flow models: u(x, r, t), the average velocity over [r, t] (r=None: r = t)."""
         if x.ndim != 4:
             raise ValueError(f"x must have shape (B, C, H, W), got {tuple(x.shape)}")
-        emb = self.embed(t, y, x.shape[0], x.device).to(x.dtype)  # (B, 4C)
+        emb = self.embed(t, y, x.shape[0], x.device, r).to(x.dtype)  # (B, 4C)
         h = self.conv_in(x)  # (B, C, 28, 28)
         skips = []
         for blocks, down in zip(self.down, self.downsample, strict=True):

@@ -1,0 +1,51 @@
+"""Sampling many points in chunks (the torch twin of fm_numpy/sampling.py).
+
+Rows of a batch move independently under dx/dt = v(x, t), so integrating `chunk` rows
+at a time and keeping only each chunk's end state (odeint(..., only_last=True)) gives
+the whole batch's result with the memory of one chunk. `check_output_fits` and
+`NpzStreamWriter` (files, no tensors) are fm_numpy's.
+"""
+
+import torch
+
+from fm_numpy.sampling import DEFAULT_CHUNK, NpzStreamWriter, _check_chunk, check_output_fits
+from fm_torch.solvers import odeint
+
+__all__ = ["DEFAULT_CHUNK", "sample_in_chunks", "check_output_fits", "NpzStreamWriter"]
+
+
+@torch.no_grad()
+def sample_in_chunks(v, x0, t_grid, method="euler", chunk=DEFAULT_CHUNK, y=None, n=None,
+                     sink=None, progress=None):
+    """x(t_grid[-1]) for every row of x0, integrating `chunk` rows at a time.
+
+    x0: a tensor (N, ...), or a callable draw(k) returning the next k rows (then n = N is
+    required; torch.randn from one generator gives the rows of one big draw when every
+    chunk holds a multiple of 16 numbers). v(x, t), or v(x, t, y[lo:hi]) with labels y.
+    sink: None (returns one (N, ...) tensor on x0's device) or sink(x1_rows), called in
+    row order (then nothing is returned). progress: optional progress(rows_done).
+    """
+    chunk = _check_chunk(chunk)
+    draw = x0 if callable(x0) else None
+    if draw is None:
+        n = len(x0)
+    elif n is None or int(n) != n or n < 1:
+        raise ValueError(f"n must be a positive integer when x0 is a callable, got {n!r}")
+    n = int(n)
+    if y is not None and len(y) != n:
+        raise ValueError(f"y must have {n} labels, got {len(y)}")
+    out = None
+    for lo in range(0, n, chunk):
+        hi = min(n, lo + chunk)
+        rows = draw(hi - lo) if draw is not None else x0[lo:hi]
+        field = v if y is None else (lambda x, t, _y=y[lo:hi]: v(x, t, _y))
+        x1 = odeint(field, rows, t_grid, method=method, only_last=True)  # (hi - lo, ...)
+        if sink is not None:
+            sink(x1)
+        else:
+            if out is None:
+                out = x1.new_empty((n,) + tuple(x1.shape[1:]))  # (N, ...)
+            out[lo:hi] = x1
+        if progress is not None:
+            progress(hi - lo)
+    return out

@@ -1,0 +1,171 @@
+"""MeanFlow: the MLP JVP in (x, r, t), the loss and its gradients in both packages."""
+
+import numpy as np
+import pytest
+import torch
+
+import fm_numpy.meanflow as npm
+import fm_numpy.paths as np_paths
+import fm_torch.meanflow as thm
+import fm_torch.paths as th_paths
+from fm_numpy.mlp import MLP as NumpyMLP
+from fm_torch.models.mlp import MLP as TorchMLP
+
+
+def _batch(seed, B=9, D=3, classes=None):
+    rng = np.random.default_rng(seed)
+    x0, x1 = rng.standard_normal((B, D)), rng.standard_normal((B, D)) + 1
+    r, t = npm.sample_r_t(rng, B, ratio=0.6, dtype=np.float64)
+    y = None if classes is None else rng.integers(0, classes + 1, B)
+    return x0, x1, y, r, t
+
+
+@pytest.mark.parametrize("classes", [None, 4])
+def test_jvp_in_x_r_t_matches_central_differences(classes):
+    rng = np.random.default_rng(0)
+    model = NumpyMLP(3, 16, 2, 8, classes, seed=1, dtype=np.float64, mean_flow=True)
+    B = 7
+    x = rng.standard_normal((B, 3))
+    r = rng.uniform(0.1, 0.4, B)
+    t = rng.uniform(0.5, 0.9, B)
+    y = None if classes is None else rng.integers(0, classes, B)
+    dx, dr, dt = rng.standard_normal((B, 3)), rng.standard_normal(B), rng.standard_normal(B)
+    v, dv = model.jvp(x, t, dx, y, r=r, dr=dr, dt=dt)
+    np.testing.assert_allclose(v, model(x, t, y, r=r), rtol=1e-14)
+    h = 1e-7  # the time features oscillate at 1000 t freqs: a small step
+    up = model(x + h * dx, t + h * dt, y, r=r + h * dr)
+    down = model(x - h * dx, t - h * dt, y, r=r - h * dr)
+    fd = (up - down) / (2 * h)
+    np.testing.assert_allclose(dv, fd, rtol=1e-6, atol=1e-6 * np.abs(fd).max())
+    # each tangent alone (and r=None, where the time of x is t)
+    for tangents in ((dx, 0.0, 0.0), (0 * dx, dr, 0.0), (0 * dx, 0.0, dt)):
+        _, part = model.jvp(x, t, tangents[0], y, r=r, dr=tangents[1], dt=tangents[2])
+        fd = (model(x + h * tangents[0], t + h * tangents[2], y, r=r + h * tangents[1])
+              - model(x - h * tangents[0], t - h * tangents[2], y, r=r - h * tangents[1])) / (2 * h)
+        np.testing.assert_allclose(part, fd, rtol=1e-6, atol=1e-6 * max(np.abs(fd).max(), 1e-3))
+    _, part = model.jvp(x, t, dx, y, dt=dt)
+    fd = (model(x + h * dx, t + h * dt, y) - model(x - h * dx, t - h * dt, y)) / (2 * h)
+    np.testing.assert_allclose(part, fd, rtol=1e-6, atol=1e-6 * np.abs(fd).max())
+
+
+def test_plain_mlp_jvp_in_t_and_r_refused():
+    model = NumpyMLP(2, 8, 1, 4, seed=0, dtype=np.float64)
+    x, dx = np.ones((3, 2)), np.ones((3, 2))
+    h = 1e-6
+    _, dv = model.jvp(x, 0.5, dx, dt=1.0)
+    fd = (model(x + h * dx, 0.5 + h) - model(x - h * dx, 0.5 - h)) / (2 * h)
+    np.testing.assert_allclose(dv, fd, rtol=1e-6)
+    with pytest.raises(ValueError, match="mean-flow models only"):
+        model(x, 0.5, r=0.2)
+    mf = NumpyMLP(2, 8, 1, 4, seed=0, dtype=np.float64, mean_flow=True)
+    with pytest.raises(ValueError, match="must not exceed t"):
+        mf(x, 0.2, r=0.5)
+    with pytest.raises(ValueError, match="mean-flow models only"):
+        TorchMLP(2, 8, 1, 4, dtype=torch.float64)(torch.ones(3, 2), 0.5, r=0.2)
+
+
+def _grads_numpy(model, path, x0, x1, y, r, t, p):
+    mse, grad = npm.meanflow_loss(model, path, x0, x1, y, r, t, norm_p=p)
+    return mse, {k: g.copy() for k, g in model.backward(grad).items()}
+
+
+@pytest.mark.parametrize("classes,p", [(None, 1.0), (5, 0.5), (None, 0.0)])
+def test_loss_and_every_gradient_agree_between_packages(classes, p, tmp_path):
+    x0, x1, y, r, t = _batch(3, classes=classes)
+    np_model = NumpyMLP(3, 12, 2, 8, classes, seed=2, dtype=np.float64, mean_flow=True)
+    np_model.save_npz(tmp_path / "m.npz")
+    th_model = TorchMLP.from_npz(tmp_path / "m.npz")
+    assert th_model.mean_flow and th_model.dtype == torch.float64
+    mse, grads = _grads_numpy(np_model, np_paths.AffinePath(), x0, x1, y, r, t, p)
+    T = torch.from_numpy
+    L, th_mse = thm.meanflow_loss(th_model, th_paths.AffinePath(), T(x1),
+                                  None if y is None else T(y), T(x0), T(r), T(t), norm_p=p)
+    L.backward()
+    assert abs(float(th_mse) - mse) <= 1e-10 * mse
+    m = None
+    for name, g in grads.items():
+        th_g = getattr(th_model, name).grad.numpy()
+        scale = np.abs(g).max() + 1e-300
+        np.testing.assert_allclose(th_g, g, rtol=0, atol=1e-10 * scale, err_msg=name)
+        m = name
+    assert m is not None
+
+
+def test_with_r_equal_t_meanflow_is_flow_matching():
+    x0, x1, _, r, _ = _batch(4)
+    model = NumpyMLP(3, 12, 2, 8, seed=5, dtype=np.float64, mean_flow=True)
+    path = np_paths.AffinePath()
+    mse, grad = npm.meanflow_loss(model, path, x0, x1, None, r, r, norm_p=0.0)
+    g_mf = {k: g.copy() for k, g in model.backward(grad).items()}
+    xt, ut = path.sample(x0, x1, r)
+    v = model(xt, r)
+    diff = v - ut
+    assert mse == pytest.approx(float(np.mean(diff * diff)), rel=1e-13)
+    g_fm = model.backward(2 * diff / diff.size)
+    for k in g_fm:
+        np.testing.assert_allclose(g_mf[k], g_fm[k], rtol=1e-12, atol=1e-15)
+
+
+def test_r_t_sampling_fraction_and_order():
+    rng = np.random.default_rng(0)
+    r, t = npm.sample_r_t(rng, 20000, ratio=0.25, dtype=np.float64)
+    assert np.all(r <= t) and np.all((r > 0) & (t < 1))
+    assert abs(np.mean(r != t) - 0.25) < 0.02
+    g = torch.Generator().manual_seed(0)
+    rt, tt = thm.sample_r_t(g, 20000, ratio=0.25, dtype=torch.float64)
+    assert bool((rt <= tt).all()) and abs(float((rt != tt).double().mean()) - 0.25) < 0.02
+
+
+def test_k_step_sampler_both_packages(tmp_path):
+    model = NumpyMLP(2, 8, 2, 4, seed=0, dtype=np.float64, mean_flow=True)
+    model.save_npz(tmp_path / "m.npz")
+    th_model = TorchMLP.from_npz(tmp_path / "m.npz")
+    x0 = np.random.default_rng(1).standard_normal((5, 2))
+    xs = npm.sample(model, x0, steps=1)
+    np.testing.assert_allclose(xs[-1], x0 + model(x0, 1.0, r=0.0), rtol=1e-15)
+    xs4 = npm.sample(model, x0, steps=4)
+    th4 = thm.sample(th_model, torch.from_numpy(x0), steps=4).numpy()
+    assert xs4.shape == (5, 5, 2)
+    np.testing.assert_allclose(th4, xs4, rtol=1e-12, atol=1e-12)
+
+
+def test_old_files_load_as_plain_models(tmp_path):
+    plain = NumpyMLP(2, 8, 1, 4, seed=0)
+    plain.save_npz(tmp_path / "old.npz")
+    assert "mean_flow" not in plain.config
+    assert not NumpyMLP.from_npz(tmp_path / "old.npz").mean_flow
+    assert not TorchMLP.from_npz(tmp_path / "old.npz").mean_flow
+    NumpyMLP(2, 8, 1, 4, seed=0, mean_flow=True).save_npz(tmp_path / "mf.npz")
+    with pytest.raises(ValueError, match="holds an MLP"):
+        NumpyMLP(2, 8, 1, 4).load_npz(tmp_path / "mf.npz")
+    assert NumpyMLP.from_npz(tmp_path / "mf.npz").mean_flow
+
+
+def test_unet_mean_flow_jvp_matches_differences_and_old_weights_load():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from fm_torch.models.unet import UNet
+
+    torch.manual_seed(0)
+    plain = UNet(1, 8, (1, 2), 1, 8, 10)
+    assert not any(k.startswith("interval_mlp") for k in plain.state_dict())
+    UNet(1, 8, (1, 2), 1, 8, 10).load_state_dict(plain.state_dict())  # old checkpoints load
+    model = UNet(1, 8, (1, 2), 1, 8, 10, mean_flow=True).double()
+    torch.nn.init.normal_(model.conv_out.weight, std=0.1)  # not the zero start: u depends on all
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn((2, 1, 28, 28), generator=g, dtype=torch.float64)
+    v = torch.randn((2, 1, 28, 28), generator=g, dtype=torch.float64)
+    r = torch.tensor([0.1, 0.3], dtype=torch.float64)
+    t = torch.tensor([0.6, 0.3], dtype=torch.float64)
+    y = torch.tensor([3, 10])
+
+    def u(z, r, t):
+        return model(z, t, y, r=r)
+
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        _, du = torch.func.jvp(u, (x, r, t), (v, torch.ones_like(r), torch.zeros_like(t)))
+        h = 1e-6
+        fd = (u(x + h * v, r + h, t) - u(x - h * v, r - h, t)) / (2 * h)
+    assert float((du - fd).abs().max()) < 1e-6 * float(fd.abs().max())
+    with torch.no_grad():  # r = t: the instantaneous velocity is the r=None call
+        assert torch.equal(model(x, t, y, r=t), model(x, t, y))
