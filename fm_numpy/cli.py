@@ -113,20 +113,21 @@ def add_train_parser(subparsers):
     p = subparsers.add_parser("train", help="train an MLP velocity field by flow matching")
     p.add_argument("--data", default="8gaussians",
                    help="mnist or a 2-D toy set: moons, 8gaussians, checkerboard, spirals, circles")
-    p.add_argument("--steps", type=int, help="optimizer steps (default 6000; mnist 6000)")
-    p.add_argument("--batch", type=int, help="batch size (default 512; mnist 128)")
-    p.add_argument("--lr", type=float, help="Adam learning rate (default 2e-3; mnist 1e-3)")
+    p.add_argument("--steps", type=int, help="optimizer steps (default 6000; mnist 1600)")
+    p.add_argument("--batch", type=int, help="batch size (default 512; mnist 32)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default 2e-3; mnist 2e-3)")
     p.add_argument("--arch", choices=("mlp", "resmlp", "convnet"),
                    help="network: mlp (fm_numpy/mlp.py), resmlp (residual LayerNorm MLP, "
                         "fm_numpy/models/resmlp.py) or convnet (U-Net, images only, "
-                        "fm_numpy/models/convnet.py); default mlp, mnist resmlp")
+                        "fm_numpy/models/convnet.py); default mlp, mnist convnet")
     p.add_argument("--warmup", type=int, help="linear lr warm-up steps (default 0)")
     p.add_argument("--lr-decay", choices=("constant", "cosine"),
                    help="lr after the warm-up (default constant)")
     p.add_argument("--hidden", type=int, help="hidden width; convnet: base channels "
-                                                 "(default 256; mnist 768, convnet 16)")
+                                                 "(default 256; mnist 16, resmlp 768)")
     p.add_argument("--depth", type=int, help="hidden layers / residual blocks; convnet: "
-                                                "resolution levels (default 3; mnist 4)")
+                                                "resolution levels (default 3; mnist 3, "
+                                                "resmlp 4)")
     p.add_argument("--time-features", type=int, help="time embedding size (default 32)")
     p.add_argument("--scheduler", help="path scheduler (default condot)")
     p.add_argument("--seed", type=int, help="seed of weights and data stream (default 0)")
@@ -199,7 +200,7 @@ def cmd_sample(args):
     if args.n < 1 or args.steps < 1 or args.chunk < 1:
         raise ValueError(f"-n, --steps and --chunk must be positive, got {args.n}, "
                          f"{args.steps} and {args.chunk}")
-    model = load_model(args.model)  # the MLP or the ResMLP, from the file's config
+    model = load_model(args.model)  # MLP, ResMLP or ConvUNet, from the file's config
     run = _run_config(args.model)
     image = model.dim == 784
     row_bytes = model.dim * model.dtype.itemsize + (8 if image else 0)  # samples [+ labels]

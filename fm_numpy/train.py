@@ -45,14 +45,16 @@ DEFAULTS = {
     "distill": False, "warmup": 0, "lr_decay": "constant",
 }
 MNIST_DEFAULTS = {"steps": 3000, "batch": 128, "lr": 1e-3, "hidden": 512, "depth": 3}
-# MNIST's default network: the residual LayerNorm MLP of fm_numpy/models/resmlp.py (issue 13;
-# docs/numpy.md); MNIST_DEFAULTS above stay those of `--arch mlp`
+# `--arch resmlp` on MNIST: the residual LayerNorm MLP of fm_numpy/models/resmlp.py (issue 13;
+# docs/numpy.md section 7); MNIST_DEFAULTS above stay those of `--arch mlp`
 MNIST_RESMLP_DEFAULTS = {"steps": 6000, "batch": 128, "lr": 1e-3, "hidden": 768, "depth": 4,
                          "arch": "resmlp"}
-# with --arch convnet: the NumPy U-Net of fm_numpy/models/convnet.py (base width 16, widths
-# 16-32-32 at 28-14-7), about one epoch as `make demo`'s torch U-Net, cosine lr decay
-MNIST_CONVNET_DEFAULTS = {"steps": 800, "batch": 64, "lr": 2e-3, "hidden": 16, "depth": 3,
-                          "warmup": 50, "lr_decay": "cosine", "arch": "convnet"}
+# MNIST's default network (issue 13, docs/numpy.md section 8): the NumPy U-Net of
+# fm_numpy/models/convnet.py (base width 16, widths 16-32-32 at 28-14-7), 51,200 images as
+# `make demo`'s torch U-Net but in 1600 steps of 32, warm-up and cosine lr decay
+# (docs/benchmarks.md: batch 32 beat 800 steps of 64 in FD and accuracy)
+MNIST_CONVNET_DEFAULTS = {"steps": 1600, "batch": 32, "lr": 2e-3, "hidden": 16, "depth": 3,
+                          "warmup": 100, "lr_decay": "cosine", "arch": "convnet"}
 
 # settings that may change when a run is resumed; everything else must match the checkpoint
 _RESUMABLE = ("steps", "ckpt_every")
@@ -94,8 +96,8 @@ def resolve_config(**overrides):
     data = overrides.get("data") or DEFAULTS["data"]
     config = dict(DEFAULTS)
     if data == "mnist":
-        config.update({"mlp": MNIST_DEFAULTS, "convnet": MNIST_CONVNET_DEFAULTS}.get(
-            overrides.get("arch"), MNIST_RESMLP_DEFAULTS))
+        config.update({"mlp": MNIST_DEFAULTS, "resmlp": MNIST_RESMLP_DEFAULTS}.get(
+            overrides.get("arch"), MNIST_CONVNET_DEFAULTS))
     config.update({k: v for k, v in overrides.items() if v is not None})
     unknown = set(config) - set(DEFAULTS)
     if unknown:

@@ -230,6 +230,7 @@ def test_files_of_another_architecture_are_refused(tmp_path):
 def test_learning_rate_schedule():
     from fm_numpy.train import learning_rate, resolve_config
 
+    assert resolve_config(data="mnist")["arch"] == "convnet"  # MNIST's default network
     config = resolve_config(data="mnist", arch="convnet", steps=150, warmup=50, lr=1.0)
     assert config["lr_decay"] == "cosine" and config["hidden"] == 16
     lrs = [learning_rate(config, n) for n in range(150)]
