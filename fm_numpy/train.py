@@ -37,7 +37,8 @@ from fm_numpy.optim import Adam
 from fm_numpy.paths import AffinePath, make_scheduler
 from fm_numpy.schedules import LEGACY, RECIPE_DEFAULTS, horizon_changed, make_recipe
 
-__all__ = ["DEFAULTS", "MNIST_DEFAULTS", "MNIST_RESMLP_DEFAULTS", "TrainingDiverged",
+__all__ = ["DEFAULTS", "MNIST_DEFAULTS", "MNIST_RESMLP_DEFAULTS",
+           "MNIST_CONVNET_DEFAULTS", "TrainingDiverged",
            "TrainingInterrupted", "DeferredSigint", "train", "resolve_config"]
 
 DEFAULTS = {
@@ -49,10 +50,16 @@ DEFAULTS = {
     "distill": False, "ema_decay": 0.0, "time_scale": 1000.0, **RECIPE_DEFAULTS,
 }
 MNIST_DEFAULTS = {"steps": 3000, "batch": 128, "lr": 1e-3, "hidden": 512, "depth": 3}
-# MNIST's default network: the residual LayerNorm MLP of fm_numpy/models/resmlp.py (issue 13;
-# docs/numpy.md); MNIST_DEFAULTS above stay those of `--arch mlp`
+# `--arch resmlp` on MNIST: the residual LayerNorm MLP of fm_numpy/models/resmlp.py (issue 13;
+# docs/numpy.md section 7); MNIST_DEFAULTS above stay those of `--arch mlp`
 MNIST_RESMLP_DEFAULTS = {"steps": 6000, "batch": 128, "lr": 1e-3, "hidden": 768, "depth": 4,
                          "arch": "resmlp"}
+# MNIST's default network (issue 13, docs/numpy.md section 8): the NumPy U-Net of
+# fm_numpy/models/convnet.py (base width 16, widths 16-32-32 at 28-14-7), 51,200 images as
+# `make demo`'s torch U-Net but in 1600 steps of 32, warm-up and cosine lr decay
+# (docs/benchmarks.md: batch 32 beat 800 steps of 64 in FD and accuracy)
+MNIST_CONVNET_DEFAULTS = {"steps": 1600, "batch": 32, "lr": 2e-3, "hidden": 16, "depth": 3,
+                          "warmup": 100, "lr_schedule": "cosine", "arch": "convnet"}
 
 # settings that may change when a run is resumed; everything else must match the checkpoint
 _RESUMABLE = ("steps", "ckpt_every")
@@ -94,7 +101,8 @@ def resolve_config(**overrides):
     data = overrides.get("data") or DEFAULTS["data"]
     config = dict(DEFAULTS)
     if data == "mnist":
-        config.update(MNIST_DEFAULTS if overrides.get("arch") == "mlp" else MNIST_RESMLP_DEFAULTS)
+        config.update({"mlp": MNIST_DEFAULTS, "resmlp": MNIST_RESMLP_DEFAULTS}.get(
+            overrides.get("arch"), MNIST_CONVNET_DEFAULTS))
     config.update({k: v for k, v in overrides.items() if v is not None})
     unknown = set(config) - set(DEFAULTS)
     if unknown:
@@ -135,6 +143,8 @@ def resolve_config(**overrides):
     if config["arch"] not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {config['arch']!r}; choose one of "
                          f"{', '.join(ARCHITECTURES)}")
+    if config["arch"] == "convnet" and config["data"] != "mnist":
+        raise ValueError(f"the convnet U-Net needs images (data mnist), not {config['data']!r}")
     from fm_numpy.fewstep import check_fewstep_settings
 
     check_fewstep_settings(config)

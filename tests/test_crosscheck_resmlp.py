@@ -189,14 +189,14 @@ def test_files_of_another_architecture_are_refused(tmp_path):
         with pytest.raises(ValueError, match="not an MLP configuration"):
             cls.from_npz(tmp_path / "res.npz")
     assert isinstance(load_model(tmp_path / "mlp.npz"), NumpyMLP)
-    with pytest.raises(ValueError, match="unknown architecture 'convnet'"):
-        model_class("convnet")
+    with pytest.raises(ValueError, match="unknown architecture 'transformer'"):
+        model_class("transformer")
 
 
 def test_short_training_run_lowers_the_loss(tmp_path):
     from fm_numpy.train import resolve_config, train
 
-    assert resolve_config(data="mnist")["arch"] == "resmlp"
+    assert resolve_config(data="mnist", arch="resmlp")["hidden"] == 768
     assert resolve_config(data="mnist", arch="mlp")["hidden"] == 512  # the MLP keeps its own
     model, losses = train(tmp_path / "run", progress=False, data="moons", arch="resmlp",
                           steps=300, batch=128, hidden=32, depth=2, time_features=8,

@@ -73,7 +73,7 @@ def test_default_8gaussians_samples_match_data(tmp_path):
 @pytest.mark.slow
 def test_mnist_short_run_loss_falls(tmp_path):
     pytest.importorskip("mnist")
-    _, losses = train(tmp_path / "mnist", progress=False, data="mnist", steps=400, batch=32,
-                      hidden=64, depth=2, n_train=2000, ckpt_every=400)
+    _, losses = train(tmp_path / "mnist", progress=False, data="mnist", arch="resmlp", steps=400,
+                      batch=32, hidden=64, depth=2, n_train=2000, ckpt_every=400)
     values = np.array([v for _, v in losses])
     assert values[-20:].mean() < 0.7 * values[:5].mean()  # 1.90 -> 1.20 measured

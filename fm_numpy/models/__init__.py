@@ -6,11 +6,12 @@ from fm_numpy.io import load_npz
 
 __all__ = ["ARCHITECTURES", "model_class", "load_model"]
 
-ARCHITECTURES = ("mlp", "resmlp")
+ARCHITECTURES = ("mlp", "resmlp", "convnet")
 
 
 def model_class(arch):
-    """The class of an architecture name: "mlp" -> fm_numpy.models.mlp.MLP, "resmlp" -> ResMLP."""
+    """The class of an architecture name: "mlp" -> fm_numpy.models.mlp.MLP, "resmlp" -> ResMLP,
+    "convnet" -> ConvUNet."""
     if arch == "mlp":
         from fm_numpy.models.mlp import MLP
 
@@ -19,6 +20,10 @@ def model_class(arch):
         from fm_numpy.models.resmlp import ResMLP
 
         return ResMLP
+    if arch == "convnet":
+        from fm_numpy.models.convnet import ConvUNet
+
+        return ConvUNet
     raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
 
 

@@ -20,7 +20,7 @@ def config_dtype(dtype):
 
 
 # How a refusal names each architecture ("holds an MLP with ..., not ...")
-_NAMES = {"mlp": "an MLP", "resmlp": "a ResMLP"}
+_NAMES = {"mlp": "an MLP", "resmlp": "a ResMLP", "convnet": "a ConvUNet"}
 
 
 def read_weights(path, config, shapes, defaults=None):
@@ -29,7 +29,7 @@ def read_weights(path, config, shapes, defaults=None):
     Refuses (ValueError naming the file) a file of another architecture (config "arch",
     none meaning "mlp"), one whose config differs from `config` in anything but seed and
     dtype (keys it lacks take `defaults`), or whose arrays miss a name of `shapes` or have
-    another shape. Shared by the MLPs and ResMLPs of both packages.
+    another shape. Shared by every network of both packages.
     """
     arrays = load_npz(path)
     theirs_config = read_config(arrays, path, defaults)

@@ -1,0 +1,143 @@
+"""The image layers of fm_numpy's U-Net (fm_numpy/models/convnet.py), forward and backward.
+
+Images are channels-last arrays (B, H, W, C), so a 3x3 convolution is one matrix product
+of im2col patches. Each layer has a forward that returns what its backward needs and a
+backward that takes dL/d(output) and returns dL/d(input) (and parameter gradients):
+
+    conv3x3:   P[b, i, j, (c, dy, dx)] = xpad[b, i + dy, j + dx, c],  dy, dx in 0..2,
+               out = P @ W + b0                    W (9 C_in, C_out), zero padding of 1
+               (row order (c, dy, dx): W^T reshaped is torch's (C_out, C_in, 3, 3) weight)
+    conv1x1:   out = x @ W + b0                    W (C_in, C_out)
+    group_norm: per sample and group of C/G consecutive channels, over H W C/G values,
+               n = (x - mu) / sqrt(var + eps) g + beta   (biased var, eps = 1e-5)
+    silu:      u = a sigmoid(a)
+    avg_pool2: out[i, j] = mean of x[2i:2i+2, 2j:2j+2]
+    upsample2: out[i, j] = x[i // 2, j // 2]       (nearest neighbour)
+
+The torch twin computes the same maps with torch.nn.functional (conv2d on NCHW with the
+weight W reshaped to (C_out, C_in, 3, 3), group_norm, avg_pool2d, interpolate), an
+independent implementation that tests/test_crosscheck_convnet.py compares to 1e-10.
+"""
+
+import math
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+__all__ = ["GN_EPS", "groups", "conv3x3", "conv3x3_backward", "group_norm",
+           "group_norm_backward", "silu", "silu_backward", "avg_pool2", "avg_pool2_backward",
+           "upsample2", "upsample2_backward"]
+
+GN_EPS = 1e-5
+# the 9 offsets (dy, dx) of a 3x3 kernel, row-major
+OFFSETS = [(dy, dx) for dy in range(3) for dx in range(3)]
+
+
+def groups(channels):
+    """GroupNorm's group count for `channels`: gcd(channels, 8) (as fm_torch's UNet)."""
+    return math.gcd(int(channels), 8)
+
+
+def conv3x3(x, W, b):
+    """out = im2col(x) @ W + b for x (B, H, W, C_in), W (9 C_in, C_out); returns (out, P)."""
+    B, H, Wd, C = x.shape
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # (B, H+2, W+2, C) zero padding
+    P = np.ascontiguousarray(
+        sliding_window_view(xp, (3, 3), axis=(1, 2)))  # (B, H, W, C, 3, 3) im2col patches
+    out = P.reshape(-1, 9 * C) @ W + b  # (B H W, C_out)
+    return out.reshape(B, H, Wd, W.shape[1]), P
+
+
+def conv3x3_backward(dout, P, W):
+    """(dx, dW, db) of out = P @ W + b, P = im2col(x):
+
+        dW = P^T dout,  db = sum dout,  dP = dout W^T,
+        dx[i, j] = sum over (dy, dx) of dP[i - dy + 1, j - dx + 1, (c, dy, dx)]  (col2im)
+    """
+    B, H, Wd, Co = dout.shape
+    C = W.shape[0] // 9
+    d2 = dout.reshape(-1, Co)  # (B H W, C_out)
+    dW = P.reshape(-1, 9 * C).T @ d2  # (9 C_in, C_out)
+    db = d2.sum(axis=0)  # (C_out,)
+    # dP with its rows reordered to (dy, dx, c), so that each offset's slice is contiguous
+    W_k = W.reshape(C, 9, Co).transpose(1, 0, 2).reshape(9 * C, Co)  # (9 C_in, C_out)
+    dP = (d2 @ W_k.T).reshape(B, H, Wd, 9, C)  # (B, H, W, 9, C_in)
+    dxp = np.zeros((B, H + 2, Wd + 2, C), dtype=dout.dtype)  # (B, H+2, W+2, C_in)
+    for k, (dy, dx) in enumerate(OFFSETS):
+        dxp[:, dy:dy + H, dx:dx + Wd, :] += dP[:, :, :, k, :]  # each patch entry's source
+    return dxp[:, 1:-1, 1:-1, :], dW, db  # crop the padding
+
+
+def _group_mean(a, G):
+    """(B, C): the mean of a (B, H, W, C) over H, W and the C/G channels of each group,
+    repeated for every channel of the group."""
+    B, C = a.shape[0], a.shape[3]
+    per_channel = a.reshape(B, -1, C).mean(axis=1)  # (B, C)
+    per_group = per_channel.reshape(B, G, C // G).mean(axis=2)  # (B, G)
+    return np.repeat(per_group, C // G, axis=1)  # (B, C)
+
+
+def group_norm(x, g, beta, G, eps=GN_EPS):
+    """n = (x - mu) rstd g + beta over groups of C/G channels; returns (n, xhat, rstd).
+
+    rstd is returned per channel, (B, C), repeated within each group.
+    """
+    mu = _group_mean(x, G)  # (B, C)
+    xc = x - mu[:, None, None, :]  # (B, H, W, C)
+    var = _group_mean(xc * xc, G)  # (B, C) biased variance
+    rstd = 1.0 / np.sqrt(var + eps)  # (B, C)
+    xhat = xc * rstd[:, None, None, :]  # (B, H, W, C)
+    return xhat * g + beta, xhat, rstd
+
+
+def group_norm_backward(dn, xhat, rstd, g, G):
+    """(dx, dg, dbeta) of n = xhat g + beta, xhat = (x - mu) rstd per group (as LayerNorm):
+
+        dg = sum dn xhat,  dbeta = sum dn,  dxhat = dn g,
+        dx = rstd (dxhat - mean_group(dxhat) - xhat mean_group(dxhat xhat))
+    """
+    dg = (dn * xhat).sum(axis=(0, 1, 2))  # (C,)
+    dbeta = dn.sum(axis=(0, 1, 2))  # (C,)
+    dxh = dn * g  # (B, H, W, C)
+    m1 = _group_mean(dxh, G)  # (B, C)
+    m2 = _group_mean(dxh * xhat, G)  # (B, C)
+    return rstd[:, None, None, :] * (dxh - m1[:, None, None, :] - xhat * m2[:, None, None, :]), \
+        dg, dbeta
+
+
+def silu(a):
+    """u = a sigmoid(a); returns (u, s) with s = sigmoid(a)."""
+    with np.errstate(over="ignore"):  # exp(-a) = inf for a << 0 gives sigmoid = 0 exactly
+        s = 1.0 / (1.0 + np.exp(-a))
+    return a * s, s
+
+
+def silu_backward(du, u, s):
+    """da = du silu'(a), silu'(a) = s + a s (1 - s) = s + u - u s."""
+    return du * (s + u - u * s)
+
+
+def avg_pool2(x):
+    """out (B, H/2, W/2, C): the mean of each 2x2 block of x (B, H, W, C)."""
+    B, H, Wd, C = x.shape
+    return x.reshape(B, H // 2, 2, Wd // 2, 2, C).mean(axis=(2, 4))
+
+
+def avg_pool2_backward(dout):
+    """dx[i, j] = dout[i // 2, j // 2] / 4."""
+    B, H, Wd, C = dout.shape
+    dx = np.broadcast_to((dout * 0.25)[:, :, None, :, None, :], (B, H, 2, Wd, 2, C))
+    return dx.reshape(B, 2 * H, 2 * Wd, C)
+
+
+def upsample2(x):
+    """out[i, j] = x[i // 2, j // 2]: (B, H, W, C) -> (B, 2H, 2W, C)."""
+    B, H, Wd, C = x.shape
+    out = np.broadcast_to(x[:, :, None, :, None, :], (B, H, 2, Wd, 2, C))
+    return out.reshape(B, 2 * H, 2 * Wd, C)
+
+
+def upsample2_backward(dout):
+    """dx[i, j] = sum of dout over the 2x2 block it was copied to."""
+    B, H, Wd, C = dout.shape
+    return dout.reshape(B, H // 2, 2, Wd // 2, 2, C).sum(axis=(2, 4))
