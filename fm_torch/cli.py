@@ -254,7 +254,8 @@ class _NoWriter:
 
 
 def _sample_whole(args, model, checkpoint, sample):
-    """A DDPM's samplers and MeanFlow: the whole batch at once, trajectory kept (not chunked)."""
+    """A DDPM's samplers and MeanFlow (fm_torch.train.sample takes its average-velocity
+    steps for --method euler): the whole batch at once, trajectory kept (not chunked)."""
     import numpy as np
     import torch
 
@@ -262,8 +263,6 @@ def _sample_whole(args, model, checkpoint, sample):
     from fm_torch.plots import save_image_grid, save_scatter
 
     device = torch.device(args.device)
-    if getattr(model, "mean_flow", False):
-        sample = _sample  # MeanFlow: K average-velocity steps for --method euler
     g = torch.Generator().manual_seed(args.seed)
     stem = os.path.splitext(args.out)[0]
     if checkpoint["config"]["data"] == "mnist":
@@ -294,18 +293,6 @@ def _sample_whole(args, model, checkpoint, sample):
     print(f"wrote {args.out} ({args.n} samples, NFE {nfe}) and "
           f"{stem}_trajectory.png" + (f" and {args.npz}" if args.npz else ""))
     return 0
-
-
-def _sample(model, x0, y, guidance, method, steps, return_nfe=True):
-    """fm_torch.train.sample, or for a MeanFlow model with method "euler" K = steps
-    average-velocity steps (NFE K); returns (trajectory, NFE)."""
-    from fm_torch.train import sample
-
-    if getattr(model, "mean_flow", False) and method == "euler":
-        from fm_torch.meanflow import sample as meanflow_sample
-
-        return meanflow_sample(model, x0, steps, y, guidance), int(steps)
-    return sample(model, x0, y, guidance, method, steps, return_nfe=return_nfe)
 
 
 def _plot_trajectories_2d(xs, path, n_paths=300):

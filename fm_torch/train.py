@@ -343,12 +343,19 @@ def sample(model, x0, y=None, guidance=1.0, method="midpoint", steps=20, return_
     """Integrate dx/dt = v(x, t) from x0 (t=0) to t=1 on a uniform grid of `steps` intervals.
 
     With labels y, v is classifier-free guided: v_uncond + w (v_cond - v_uncond).
-    Returns the trajectory (steps + 1, *x0.shape) [and the NFE].
+    A MeanFlow model with method "euler" takes `steps` average-velocity steps instead
+    (fm_torch.meanflow.sample; NFE = steps). Returns the trajectory (steps + 1, *x0.shape)
+    [and the NFE].
     """
     from fm_torch.solvers import ClassifierFreeGuidance, odeint
 
     if hasattr(model, "flow_sample"):  # a diffusion model's flow starts at t_min (train_diffusion)
         return model.flow_sample(x0, y, guidance, method, steps, return_nfe)
+    if getattr(model, "mean_flow", False) and method == "euler":
+        from fm_torch.meanflow import sample as meanflow_sample
+
+        xs = meanflow_sample(model, x0, steps, y, guidance)  # (steps + 1, *x0.shape)
+        return (xs, int(steps)) if return_nfe else xs
     if int(steps) < 1:
         raise ValueError(f"steps must be a positive integer, got {steps}")
     v = ClassifierFreeGuidance(model, y, guidance) if y is not None else (
