@@ -21,7 +21,8 @@ import numpy as np
 
 from fm_numpy.io import load_npz, save_npz
 
-__all__ = ["PairData", "generate_pairs", "save_pairs", "load_pairs", "pairs_meta", "reflow"]
+__all__ = ["PairData", "generate_pairs", "save_pairs", "load_pairs", "pairs_meta",
+           "ARCH_KEYS", "student_settings", "reflow"]
 
 _CHUNK = 4096  # trajectories solved at once (the solver keeps every grid state)
 
@@ -91,6 +92,22 @@ def generate_pairs(model, n, seed=0, method="rk4", steps=20, guidance=1.0):
     return x0, x1, y
 
 
+# the network's shape: a student takes its teacher's unless told otherwise (k-rectified
+# flow retrains the same network on the teacher's pairs)
+ARCH_KEYS = ("arch", "hidden", "depth", "time_features", "time_scale", "base", "mults",
+             "res_blocks")
+
+
+def student_settings(teacher_config, settings):
+    """settings, with every ARCH_KEYS entry that is missing or None taken from the teacher's
+    training config (a key the teacher's config lacks stays the student's default)."""
+    merged = {k: v for k, v in settings.items() if v is not None}
+    for key in ARCH_KEYS:
+        if key not in merged and teacher_config.get(key) is not None:
+            merged[key] = teacher_config[key]
+    return merged
+
+
 def reflow(teacher, pairs, out, seed=0, method="rk4", solver_steps=20, guidance=1.0, resume=False,
            progress=True, **settings):
     """Make (or reuse) out/pairs.npz from the teacher model.npz, then train the student.
@@ -116,10 +133,12 @@ def reflow(teacher, pairs, out, seed=0, method="rk4", solver_steps=20, guidance=
         x0, x1, y = generate_pairs(model, pairs, seed, method, solver_steps, guidance)
         save_pairs(pairs_path, x0, x1, y, dict(meta, num_classes=model.num_classes))
     run = os.path.join(os.path.dirname(os.path.abspath(teacher)), "config.json")
-    data = settings.pop("data", None)
-    if data is None and os.path.exists(run):
+    teacher_config = {}
+    if os.path.exists(run):
         with open(run) as f:
-            data = json.load(f).get("data")
+            teacher_config = json.load(f)
+    settings = student_settings(teacher_config, settings)
+    data = settings.pop("data", None) or teacher_config.get("data")
     return train(out, resume=resume, progress=progress, pairs=pairs_path,
                  data=data or ("mnist" if model.dim == 784 else "8gaussians"),
                  seed=settings.pop("train_seed", seed), **settings)

@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from fm_numpy.reflow import load_pairs, pairs_meta, save_pairs
+from fm_numpy.reflow import load_pairs, pairs_meta, save_pairs, student_settings
 
 __all__ = ["pair_tensors", "generate_pairs", "reflow"]
 
@@ -68,5 +68,7 @@ def reflow(teacher, pairs, out, seed=0, method="rk4", solver_steps=20, guidance=
                                    guidance, classes, dev)
         save_pairs(pairs_path, x0.numpy(), x1.numpy(), None if y is None else y.numpy(),
                    dict(meta, num_classes=classes))
+    settings = student_settings(checkpoint["config"], settings)  # the teacher's network shape
+    settings.pop("data", None)
     return train(out, resume=resume, progress=progress, device=device, pairs=pairs_path,
                  data=data, seed=seed, **settings)

@@ -100,6 +100,25 @@ def test_torch_runs_meanflow_and_reflow_resume(tmp_path):
     np.testing.assert_array_equal(p1[1], p2[1])
 
 
+def test_reflow_student_takes_the_teachers_network_unless_told(tmp_path):
+    from fm_torch.reflow import reflow as th_reflow
+    from fm_torch.train import train as th_train
+
+    tiny = dict(TINY, hidden=12, time_features=6, time_scale=7.0)
+    train(tmp_path / "t", progress=False, steps=5, **tiny)
+    th_train(tmp_path / "tt", progress=False, device="cpu", steps=5, sample_every=1000, **tiny)
+    run = dict(pairs=50, seed=0, solver_steps=2, progress=False, steps=3, ckpt_every=10)
+    np_student, _ = reflow(tmp_path / "t" / "model.npz", out=tmp_path / "s", **run)
+    th_student, _ = th_reflow(tmp_path / "tt" / "ckpt.pt", out=tmp_path / "ts", device="cpu",
+                              **run)
+    told, _ = reflow(tmp_path / "t" / "model.npz", out=tmp_path / "s2", hidden=10, depth=None,
+                     **run)
+    for config in (np_student.config, th_student.config):
+        assert (config["hidden"], config["depth"], config["time_features"]) == (12, 1, 6)
+        assert config["time_scale"] == 7.0
+    assert (told.config["hidden"], told.config["depth"]) == (10, 1)  # None: the teacher's
+
+
 @pytest.mark.parametrize("main,argv,message", [
     (np_cli.main, ["train", "--coupling", "emd"], "invalid choice"),
     (np_cli.main, ["train", "--objective", "x"], "invalid choice"),

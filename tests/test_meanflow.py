@@ -169,3 +169,30 @@ def test_unet_mean_flow_jvp_matches_differences_and_old_weights_load():
     assert float((du - fd).abs().max()) < 1e-6 * float(fd.abs().max())
     with torch.no_grad():  # r = t: the instantaneous velocity is the r=None call
         assert torch.equal(model(x, t, y, r=t), model(x, t, y))
+
+
+def test_train_sample_takes_average_velocity_steps_for_euler(tmp_path):
+    """fm_torch.train.sample (what `evaluate` and `sample` call): a MeanFlow model with
+    method euler takes K steps x_{k+1} = x_k + h u(x_k, t_k, t_{k+1}), computed here by
+    hand; any other method integrates the instantaneous field u(x, t, t) = v."""
+    from fm_torch.train import sample
+
+    NumpyMLP(2, 8, 2, 4, 3, seed=0, dtype=np.float64, mean_flow=True).save_npz(tmp_path / "m.npz")
+    model = TorchMLP.from_npz(tmp_path / "m.npz")
+    x0 = torch.from_numpy(np.random.default_rng(2).standard_normal((6, 2)))
+    y = torch.arange(6) % 3
+    xs, nfe = sample(model, x0, y, guidance=2.0, method="euler", steps=2, return_nfe=True)
+    x = x0
+    with torch.no_grad():
+        for r, t in ((0.0, 0.5), (0.5, 1.0)):
+            u_c, u_n = model(x, t, y, r=r), model(x, t, None, r=r)
+            x = x + (t - r) * (u_n + 2.0 * (u_c - u_n))
+    assert nfe == 2 and xs.shape == (3, 6, 2)
+    torch.testing.assert_close(xs[-1], x, rtol=1e-12, atol=1e-12)
+    mid = sample(model, x0, None, method="midpoint", steps=2)[-1]
+    with torch.no_grad():
+        x = x0
+        for t0 in (0.0, 0.5):
+            x_half = x + 0.25 * model(x, t0, None)
+            x = x + 0.5 * model(x_half, t0 + 0.25, None)
+    torch.testing.assert_close(mid, x, rtol=1e-12, atol=1e-12)

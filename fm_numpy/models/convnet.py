@@ -23,15 +23,11 @@ before it (as in fm_torch/models/unet.py) a per-channel constant is largely remo
 by the normalisation (entirely when a group holds one channel).
 """
 
-import json
-
 import numpy as np
 
-from fm_numpy.io import load_npz, save_npz
 from fm_numpy.models import conv as L
+from fm_numpy.models.files import NpzFile
 from fm_numpy.models.files import config_dtype as _config_dtype
-from fm_numpy.models.files import read_config as _read_config
-from fm_numpy.models.files import read_weights
 
 __all__ = ["ConvUNet", "MULTS", "block_layout"]
 
@@ -52,7 +48,7 @@ def block_layout(hidden, depth):
     return blocks
 
 
-class ConvUNet:
+class ConvUNet(NpzFile):
     """v = ConvUNet(x, t, y) of the module docstring; x flat (B, dim) as the other networks.
 
     Parameters (ordered dict `self.params`): "Wt1", "bt1", "Wt2", "bt2", "conv_in_W",
@@ -62,6 +58,8 @@ class ConvUNet:
     c_out) with rows in (c_in, dy, dx) order. Initialisation (seeded): weights and biases
     uniform in +-1/sqrt(fan_in), k_conv2 and conv_out zero, GN g = 1, b = 0, E standard normal.
     """
+
+    ARCH, NAME, FILE_DEFAULTS = ARCH, "a ConvUNet", None  # NpzFile
 
     def __init__(self, dim, hidden=16, depth=3, time_features=32, num_classes=None, seed=0,
                  dtype=np.float32, arch=ARCH):
@@ -297,28 +295,9 @@ class ConvUNet:
         return G
 
     # ------------------------------------------------------------------ files
-    def save_npz(self, path):
-        """Write the parameters and the constructor arguments ("config", JSON) atomically."""
-        save_npz(path, config=np.array(json.dumps(self.config)), **self.params)
+    def _arrays(self):
+        return self.params  # NpzFile: save_npz, load_npz, from_npz
 
-    def load_npz(self, path):
-        """Load parameters from an .npz written by either package; refuses another architecture."""
-        shapes = {name: p.shape for name, p in self.params.items()}
-        for name, value in read_weights(path, self.config, shapes).items():
+    def _set_arrays(self, arrays):
+        for name, value in arrays.items():
             self.params[name][...] = value
-        return self
-
-    @classmethod
-    def from_npz(cls, path, dtype=None):
-        """The ConvUNet an .npz file describes, with its weights (dtype overrides the file's)."""
-        config = _read_config(load_npz(path), path)
-        if config.get("arch") != ARCH:
-            raise ValueError(f"{path} holds a {config.get('arch', 'mlp')!r} network, not a "
-                             f"{ARCH!r} one")
-        if dtype is not None:
-            config["dtype"] = _config_dtype(dtype)
-        try:
-            model = cls(**config)
-        except TypeError as e:
-            raise ValueError(f"{path}: config is not a ConvUNet configuration ({e})") from None
-        return model.load_npz(path)

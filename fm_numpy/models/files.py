@@ -1,14 +1,15 @@
-"""Network .npz files: the JSON config every network writes beside its arrays, and the
-architecture check shared by the MLPs of both packages (fm_numpy/models/mlp.py,
-fm_torch/models/mlp.py) before they copy weights in."""
+"""Network .npz files: the JSON config every network writes beside its arrays, the
+architecture check before weights are copied in, and `NpzFile`, the save_npz / load_npz /
+from_npz of every network of both packages (MLP, ResMLP, ConvUNet in fm_numpy/models and
+fm_torch/models): one file format, read and refused the same way everywhere."""
 
 import json
 
 import numpy as np
 
-from fm_numpy.io import load_npz
+from fm_numpy.io import load_npz, save_npz
 
-__all__ = ["config_dtype", "read_config", "read_weights", "MLP_FILE_DEFAULTS"]
+__all__ = ["config_dtype", "read_config", "read_weights", "MLP_FILE_DEFAULTS", "NpzFile"]
 
 
 def config_dtype(dtype):
@@ -67,3 +68,42 @@ def read_config(arrays, path, defaults=None):
     for key, value in (defaults or {}).items():
         config.setdefault(key, value)
     return config
+
+
+class NpzFile:
+    """save_npz / load_npz / from_npz for a network with `config` (its constructor's
+    arguments, JSON) and named parameters.
+
+    A network sets ARCH (its config's "arch"; "mlp" files carry none), NAME ("an MLP")
+    and FILE_DEFAULTS (keys older files lack), and defines `_arrays()` (its parameters as
+    NumPy arrays, by name) and `_set_arrays(arrays)` (copy them in); a torch network also
+    sets `dtype_name` (torch dtypes are not NumPy's).
+    """
+
+    ARCH, NAME, FILE_DEFAULTS = "mlp", "an MLP", None
+    dtype_name = staticmethod(config_dtype)
+
+    def save_npz(self, path):
+        """Write the parameters and the constructor arguments ("config", JSON) atomically."""
+        save_npz(path, config=np.array(json.dumps(self.config)), **self._arrays())
+
+    def load_npz(self, path):
+        """Load parameters from an .npz written by either package; refuses another architecture."""
+        shapes = {name: tuple(a.shape) for name, a in self._arrays().items()}
+        self._set_arrays(read_weights(path, self.config, shapes, self.FILE_DEFAULTS))
+        return self
+
+    @classmethod
+    def from_npz(cls, path, dtype=None):
+        """The network an .npz file describes, with its weights (dtype overrides the file's)."""
+        config = read_config(load_npz(path), path, cls.FILE_DEFAULTS)
+        if cls.ARCH != "mlp" and config.get("arch") != cls.ARCH:  # an MLP's constructor refuses
+            raise ValueError(f"{path} holds a {config.get('arch', 'mlp')!r} network, not a "
+                             f"{cls.ARCH!r} one")
+        if dtype is not None:
+            config["dtype"] = cls.dtype_name(dtype)
+        try:
+            model = cls(**config)
+        except TypeError as e:
+            raise ValueError(f"{path}: config is not {cls.NAME} configuration ({e})") from None
+        return model.load_npz(path)

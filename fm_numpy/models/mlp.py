@@ -19,16 +19,13 @@ can run the chain rule in reverse without recomputing anything; `jvp` and `diver
 push tangents forward through the same cached activations (forward-mode, exact).
 """
 
-import json
 from collections import OrderedDict
 
 import numpy as np
 
 from fm_numpy import kernels
-from fm_numpy.io import load_npz, save_npz
-from fm_numpy.models.files import MLP_FILE_DEFAULTS, read_weights
+from fm_numpy.models.files import MLP_FILE_DEFAULTS, NpzFile
 from fm_numpy.models.files import config_dtype as _config_dtype
-from fm_numpy.models.files import read_config as _read_config
 
 __all__ = ["MLP"]
 
@@ -66,7 +63,7 @@ class _Buffers:
         self.da = np.empty((B, hidden), dtype)  # dL/da_i during backward
 
 
-class MLP:
+class MLP(NpzFile):
     """v = MLP(x, t, y): the velocity field of the module docstring, NumPy only.
 
     Parameters live in `self.params` (an ordered dict "W0", "b0", ..., "W{depth}",
@@ -77,6 +74,8 @@ class MLP:
     """
 
     fast = True
+
+    ARCH, NAME, FILE_DEFAULTS = "mlp", "an MLP", MLP_FILE_DEFAULTS  # NpzFile
 
     def __init__(self, dim, hidden=256, depth=3, time_features=32, num_classes=None, seed=0,
                  dtype=np.float32, mean_flow=False, time_scale=1000.0):
@@ -352,25 +351,9 @@ class MLP:
         return v, div
 
     # ------------------------------------------------------------------ files
-    def save_npz(self, path):
-        """Write the parameters and the constructor arguments ("config", JSON) atomically."""
-        save_npz(path, config=np.array(json.dumps(self.config)), **self.params)
+    def _arrays(self):
+        return self.params  # NpzFile: save_npz, load_npz, from_npz
 
-    def load_npz(self, path):
-        """Load parameters from an .npz written by either package; refuses another architecture."""
-        shapes = {name: p.shape for name, p in self.params.items()}
-        for name, value in read_weights(path, self.config, shapes, MLP_FILE_DEFAULTS).items():
+    def _set_arrays(self, arrays):
+        for name, value in arrays.items():
             self.params[name][...] = value
-        return self
-
-    @classmethod
-    def from_npz(cls, path, dtype=None):
-        """Build the MLP an .npz file describes, with its weights (dtype overrides the file's)."""
-        config = _read_config(load_npz(path), path, MLP_FILE_DEFAULTS)
-        if dtype is not None:
-            config["dtype"] = _config_dtype(dtype)
-        try:
-            model = cls(**config)
-        except TypeError as e:
-            raise ValueError(f"{path}: config is not an MLP configuration ({e})") from None
-        return model.load_npz(path)

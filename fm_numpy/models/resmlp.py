@@ -17,14 +17,10 @@ eps = 1e-5. W{k}_2 and b{k}_2 start at zero, so every block starts as the identi
 the network as a one-hidden-layer map (the residual stream carries x, t and y to the top).
 """
 
-import json
-
 import numpy as np
 
-from fm_numpy.io import load_npz, save_npz
+from fm_numpy.models.files import NpzFile
 from fm_numpy.models.files import config_dtype as _config_dtype
-from fm_numpy.models.files import read_config as _read_config
-from fm_numpy.models.files import read_weights
 
 __all__ = ["ResMLP", "LN_EPS", "layer_norm", "layer_norm_backward"]
 
@@ -62,7 +58,7 @@ def _sigmoid(a):
         return 1.0 / (1.0 + np.exp(-a))
 
 
-class ResMLP:
+class ResMLP(NpzFile):
     """v = ResMLP(x, t, y): the velocity field of the module docstring, NumPy only.
 
     Parameters live in `self.params` (ordered): "W_in", "b_in", then per block k "g{k}",
@@ -71,6 +67,8 @@ class ResMLP:
     their biases uniform in +-1/sqrt(fan_in), W{k}_2 = b{k}_2 = 0, g = 1, beta = 0,
     E standard normal.
     """
+
+    ARCH, NAME, FILE_DEFAULTS = ARCH, "a ResMLP", None  # NpzFile
 
     def __init__(self, dim, hidden=512, depth=3, time_features=32, num_classes=None, seed=0,
                  dtype=np.float32, arch=ARCH):
@@ -240,28 +238,9 @@ class ResMLP:
         return G
 
     # ------------------------------------------------------------------ files
-    def save_npz(self, path):
-        """Write the parameters and the constructor arguments ("config", JSON) atomically."""
-        save_npz(path, config=np.array(json.dumps(self.config)), **self.params)
+    def _arrays(self):
+        return self.params  # NpzFile: save_npz, load_npz, from_npz
 
-    def load_npz(self, path):
-        """Load parameters from an .npz written by either package; refuses another architecture."""
-        shapes = {name: p.shape for name, p in self.params.items()}
-        for name, value in read_weights(path, self.config, shapes).items():
+    def _set_arrays(self, arrays):
+        for name, value in arrays.items():
             self.params[name][...] = value
-        return self
-
-    @classmethod
-    def from_npz(cls, path, dtype=None):
-        """The ResMLP an .npz file describes, with its weights (dtype overrides the file's)."""
-        config = _read_config(load_npz(path), path)
-        if config.get("arch") != ARCH:
-            raise ValueError(f"{path} holds a {config.get('arch', 'mlp')!r} network, not a "
-                             f"{ARCH!r} one")
-        if dtype is not None:
-            config["dtype"] = _config_dtype(dtype)
-        try:
-            model = cls(**config)
-        except TypeError as e:
-            raise ValueError(f"{path}: config is not a ResMLP configuration ({e})") from None
-        return model.load_npz(path)

@@ -10,19 +10,15 @@ weights are those of fm_numpy's ConvUNet with the same seed; weights move both w
 through one .npz.
 """
 
-import json
-
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fm_numpy.io import load_npz, save_npz
 from fm_numpy.models.conv import GN_EPS, groups
 from fm_numpy.models.convnet import ARCH
 from fm_numpy.models.convnet import ConvUNet as NumpyConvUNet
-from fm_numpy.models.files import read_config as _read_config
-from fm_numpy.models.files import read_weights
+from fm_numpy.models.files import NpzFile
 from fm_torch.models.mlp import _dtype_name
 
 __all__ = ["ConvUNet", "conv3x3"]
@@ -34,8 +30,11 @@ def conv3x3(x, W, b):
     return F.conv2d(x, W.t().reshape(Co, Ci, 3, 3), b, padding=1)  # (B, C_out, H, W)
 
 
-class ConvUNet(nn.Module):
+class ConvUNet(nn.Module, NpzFile):
     """v = ConvUNet(x, t, y) with the parameter names of fm_numpy.models.convnet.ConvUNet."""
+
+    ARCH, NAME, FILE_DEFAULTS = ARCH, "a ConvUNet", None  # NpzFile
+    dtype_name = staticmethod(_dtype_name)
 
     def __init__(self, dim, hidden=16, depth=3, time_features=32, num_classes=None, seed=0,
                  dtype=torch.float32, arch=ARCH):
@@ -115,31 +114,10 @@ class ConvUNet(nn.Module):
         v = conv3x3(F.silu(n), self.conv_out_W, self.conv_out_b)  # (B, 1, S, S)
         return v.reshape(B, self.dim)
 
-    def save_npz(self, path):
-        """Write the parameters and "config" (JSON) to .npz atomically, as fm_numpy does."""
-        arrays = {k: p.detach().cpu().numpy() for k, p in self.named_parameters()}
-        save_npz(path, config=np.array(json.dumps(self.config)), **arrays)
+    def _arrays(self):  # NpzFile: save_npz, load_npz, from_npz
+        return {k: p.detach().cpu().numpy() for k, p in self.named_parameters()}
 
-    def load_npz(self, path):
-        """Load parameters from an .npz written by either package; refuses another architecture."""
-        shapes = {name: tuple(p.shape) for name, p in self.named_parameters()}
-        arrays = read_weights(path, self.config, shapes)
+    def _set_arrays(self, arrays):
         with torch.no_grad():
             for name, p in self.named_parameters():
                 p.copy_(torch.from_numpy(arrays[name]))
-        return self
-
-    @classmethod
-    def from_npz(cls, path, dtype=None):
-        """The ConvUNet an .npz file describes, with its weights (dtype overrides the file's)."""
-        config = _read_config(load_npz(path), path)
-        if config.get("arch") != ARCH:
-            raise ValueError(f"{path} holds a {config.get('arch', 'mlp')!r} network, not a "
-                             f"{ARCH!r} one")
-        if dtype is not None:
-            config["dtype"] = _dtype_name(dtype)
-        try:
-            model = cls(**config)
-        except TypeError as e:
-            raise ValueError(f"{path}: config is not a ConvUNet configuration ({e})") from None
-        return model.load_npz(path)

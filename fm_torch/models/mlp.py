@@ -12,15 +12,11 @@ Initial weights are those of fm_numpy.models.mlp.MLP with the same seed, so both
 from the same network. Weights move both ways through one .npz file.
 """
 
-import json
-
 import numpy as np
 import torch
 from torch import nn
 
-from fm_numpy.io import load_npz, save_npz
-from fm_numpy.models.files import MLP_FILE_DEFAULTS, read_weights
-from fm_numpy.models.files import read_config as _read_config
+from fm_numpy.models.files import MLP_FILE_DEFAULTS, NpzFile
 from fm_numpy.models.mlp import MLP as NumpyMLP
 
 __all__ = ["MLP"]
@@ -32,8 +28,11 @@ def _dtype_name(dtype):
     return np.dtype(dtype).name
 
 
-class MLP(nn.Module):
+class MLP(nn.Module, NpzFile):
     """v = MLP(x, t, y) with parameters "W0", "b0", ..., "W{depth}", "b{depth}" [, "E"]."""
+
+    ARCH, NAME, FILE_DEFAULTS = "mlp", "an MLP", MLP_FILE_DEFAULTS  # NpzFile
+    dtype_name = staticmethod(_dtype_name)
 
     def __init__(self, dim, hidden=256, depth=3, time_features=32, num_classes=None, seed=0,
                  dtype=torch.float32, mean_flow=False, time_scale=1000.0):
@@ -109,28 +108,10 @@ class MLP(nn.Module):
             raise ValueError("r must lie in [0, t] (the average velocity runs from r to t)")
         return r, t - r
 
-    def save_npz(self, path):
-        """Write the parameters and "config" (JSON) to .npz atomically, as fm_numpy does."""
-        arrays = {k: p.detach().cpu().numpy() for k, p in self.named_parameters()}
-        save_npz(path, config=np.array(json.dumps(self.config)), **arrays)
+    def _arrays(self):  # NpzFile: save_npz, load_npz, from_npz
+        return {k: p.detach().cpu().numpy() for k, p in self.named_parameters()}
 
-    def load_npz(self, path):
-        """Load parameters from an .npz written by either package; refuses another architecture."""
-        shapes = {name: tuple(p.shape) for name, p in self.named_parameters()}
-        arrays = read_weights(path, self.config, shapes, MLP_FILE_DEFAULTS)
+    def _set_arrays(self, arrays):
         with torch.no_grad():
             for name, p in self.named_parameters():
                 p.copy_(torch.from_numpy(arrays[name]))
-        return self
-
-    @classmethod
-    def from_npz(cls, path, dtype=None):
-        """Build the MLP an .npz file describes, with its weights (dtype overrides the file's)."""
-        config = _read_config(load_npz(path), path, MLP_FILE_DEFAULTS)
-        if dtype is not None:
-            config["dtype"] = _dtype_name(dtype)
-        try:
-            model = cls(**config)
-        except TypeError as e:
-            raise ValueError(f"{path}: config is not an MLP configuration ({e})") from None
-        return model.load_npz(path)

@@ -11,15 +11,11 @@ calling torch.nn.functional.layer_norm, so both packages round alike. Initial we
 those of fm_numpy's ResMLP with the same seed; weights move both ways through one .npz.
 """
 
-import json
-
 import numpy as np
 import torch
 from torch import nn
 
-from fm_numpy.io import load_npz, save_npz
-from fm_numpy.models.files import read_config as _read_config
-from fm_numpy.models.files import read_weights
+from fm_numpy.models.files import NpzFile
 from fm_numpy.models.resmlp import ARCH, LN_EPS
 from fm_numpy.models.resmlp import ResMLP as NumpyResMLP
 from fm_torch.models.mlp import _dtype_name
@@ -36,8 +32,11 @@ def layer_norm(z, g, beta, eps=LN_EPS):
     return zc * rstd * g + beta  # (B, H)
 
 
-class ResMLP(nn.Module):
+class ResMLP(nn.Module, NpzFile):
     """v = ResMLP(x, t, y) with the parameter names of fm_numpy.models.resmlp.ResMLP."""
+
+    ARCH, NAME, FILE_DEFAULTS = ARCH, "a ResMLP", None  # NpzFile
+    dtype_name = staticmethod(_dtype_name)
 
     def __init__(self, dim, hidden=512, depth=3, time_features=32, num_classes=None, seed=0,
                  dtype=torch.float32, arch=ARCH):
@@ -96,31 +95,10 @@ class ResMLP(nn.Module):
         n_out = layer_norm(z, self.g_out, self.beta_out)  # (B, H)
         return n_out @ self.W_out + self.b_out  # (B, D)
 
-    def save_npz(self, path):
-        """Write the parameters and "config" (JSON) to .npz atomically, as fm_numpy does."""
-        arrays = {k: p.detach().cpu().numpy() for k, p in self.named_parameters()}
-        save_npz(path, config=np.array(json.dumps(self.config)), **arrays)
+    def _arrays(self):  # NpzFile: save_npz, load_npz, from_npz
+        return {k: p.detach().cpu().numpy() for k, p in self.named_parameters()}
 
-    def load_npz(self, path):
-        """Load parameters from an .npz written by either package; refuses another architecture."""
-        shapes = {name: tuple(p.shape) for name, p in self.named_parameters()}
-        arrays = read_weights(path, self.config, shapes)
+    def _set_arrays(self, arrays):
         with torch.no_grad():
             for name, p in self.named_parameters():
                 p.copy_(torch.from_numpy(arrays[name]))
-        return self
-
-    @classmethod
-    def from_npz(cls, path, dtype=None):
-        """The ResMLP an .npz file describes, with its weights (dtype overrides the file's)."""
-        config = _read_config(load_npz(path), path)
-        if config.get("arch") != ARCH:
-            raise ValueError(f"{path} holds a {config.get('arch', 'mlp')!r} network, not a "
-                             f"{ARCH!r} one")
-        if dtype is not None:
-            config["dtype"] = _dtype_name(dtype)
-        try:
-            model = cls(**config)
-        except TypeError as e:
-            raise ValueError(f"{path}: config is not a ResMLP configuration ({e})") from None
-        return model.load_npz(path)
