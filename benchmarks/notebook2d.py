@@ -30,6 +30,11 @@ RECIPES = {
     "plain": dict(time_scale=1000.0),
     "t-scale 1": dict(time_scale=1.0),
     "t-features 2": dict(time_scale=1.0, time_features=2),
+    "t2 cosine": dict(time_scale=1.0, time_features=2, lr_schedule="cosine"),
+    "t2 cosine ema": dict(time_scale=1.0, time_features=2, lr_schedule="cosine",
+                          ema_decay=0.99),
+    "t2 linear": dict(time_scale=1.0, time_features=2, lr_schedule="linear"),
+    "t2 logit-normal": dict(time_scale=1.0, time_features=2, time_sampling="logit-normal"),
     # the best measured so far (docs/benchmarks.md, issue 13): 2 time features of raw t
     "default": dict(time_scale=1.0, time_features=2),
 }
