@@ -130,9 +130,14 @@ def cmd_likelihood(args):
 
     from .io import save_json
     from .mlp import MLP
+    from .models import load_model
 
     n, batch = check_args(args)
-    model = MLP.from_npz(args.model, dtype=np.float64)
+    model = load_model(args.model, dtype=np.float64)
+    if not isinstance(model, MLP):  # the divergence needs the MLP's forward-mode jvp
+        raise ValueError(f"{args.model} holds a {model.config['arch']!r} network; fm-numpy "
+                         "likelihood needs an MLP (its forward-mode JVP gives the divergence): "
+                         "train one with --arch mlp")
     x1, labels = held_out_data(args.data, n, args.seed)
     if x1.shape[1] != model.dim:
         raise ValueError(f"the model takes {model.dim} values per point, {args.data} has "

@@ -379,3 +379,14 @@ def test_trained_mlp_is_close_to_the_oracle(tmp_path):
     lp_untrained = log_likelihood(untrained, x1, steps=40).mean()
     assert abs(lp_model - lp_true) < 2.5, (lp_model, lp_true)
     assert lp_model > lp_untrained + 1.0, (lp_model, lp_untrained)
+
+
+def test_numpy_likelihood_of_a_network_without_a_jvp_is_one_line_exit_2(tmp_path, capsys):
+    """The MNIST default (ConvUNet) and the ResMLP have no forward-mode JVP: refused by name."""
+    from fm_numpy.cli import main
+    from fm_numpy.models.resmlp import ResMLP
+
+    ResMLP(2, 8, 1, 4).save_npz(tmp_path / "res.npz")
+    assert main(["likelihood", "--model", str(tmp_path / "res.npz"), "--data", "8gaussians"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'resmlp' network" in err[0] and "--arch mlp" in err[0]
