@@ -4,9 +4,10 @@ Images are channels-last arrays (B, H, W, C), so a 3x3 convolution is one matrix
 of im2col patches. Each layer has a forward that returns what its backward needs and a
 backward that takes dL/d(output) and returns dL/d(input) (and parameter gradients):
 
-    conv3x3:   P[b, i, j, (c, dy, dx)] = xpad[b, i + dy, j + dx, c],  dy, dx in 0..2,
-               out = P @ W + b0                    W (9 C_in, C_out), zero padding of 1
-               (row order (c, dy, dx): W^T reshaped is torch's (C_out, C_in, 3, 3) weight)
+    conv3x3:   P[b, i, j, (dy, dx, c)] = xpad[b, i + dy, j + dx, c],  dy, dx in 0..2,
+               out = P @ W_k + b0                  W (9 C_in, C_out), zero padding of 1
+               (W's rows are (c, dy, dx), so W^T reshaped is torch's (C_out, C_in, 3, 3)
+               weight; W_k is W with its rows reordered to the patches' (dy, dx, c))
     conv1x1:   out = x @ W + b0                    W (C_in, C_out)
     group_norm: per sample and group of C/G consecutive channels, over H W C/G values,
                n = (x - mu) / sqrt(var + eps) g + beta   (biased var, eps = 1e-5)
@@ -38,33 +39,47 @@ def groups(channels):
     return math.gcd(int(channels), 8)
 
 
+def _offset_major(W):
+    """W (9 C_in, C_out) with rows (c, dy, dx) reordered to (dy, dx, c): W_k, the patches' order."""
+    C, Co = W.shape[0] // 9, W.shape[1]
+    return W.reshape(C, 9, Co).transpose(1, 0, 2).reshape(9 * C, Co)  # (9 C_in, C_out)
+
+
 def conv3x3(x, W, b):
-    """out = im2col(x) @ W + b for x (B, H, W, C_in), W (9 C_in, C_out); returns (out, P)."""
+    """out = im2col(x) @ W_k + b for x (B, H, W, C_in), W (9 C_in, C_out); returns (out, P).
+
+    The patches keep the channel innermost, (dy, dx, c): their copy moves runs of C
+    contiguous numbers, 4 to 12 times faster here than the (c, dy, dx) order of W's rows,
+    whose innermost runs are 3 numbers long; the 9 C_in x C_out weight is reordered instead.
+    """
     B, H, Wd, C = x.shape
     xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # (B, H+2, W+2, C) zero padding
-    P = np.ascontiguousarray(
-        sliding_window_view(xp, (3, 3), axis=(1, 2)))  # (B, H, W, C, 3, 3) im2col patches
-    out = P.reshape(-1, 9 * C) @ W + b  # (B H W, C_out)
+    windows = sliding_window_view(xp, (3, 3), axis=(1, 2))  # (B, H, W, C, 3, 3) a view
+    P = np.ascontiguousarray(windows.transpose(0, 1, 2, 4, 5, 3))  # (B, H, W, 3, 3, C) im2col
+    out = P.reshape(-1, 9 * C) @ _offset_major(W) + b  # (B H W, C_out)
     return out.reshape(B, H, Wd, W.shape[1]), P
 
 
 def conv3x3_backward(dout, P, W):
-    """(dx, dW, db) of out = P @ W + b, P = im2col(x):
+    """(dx, dW, db) of out = P @ W_k + b, P = im2col(x) with rows (dy, dx, c):
 
-        dW = P^T dout,  db = sum dout,  dP = dout W^T,
-        dx[i, j] = sum over (dy, dx) of dP[i - dy + 1, j - dx + 1, (c, dy, dx)]  (col2im)
+        dW_k = P^T dout (then back to W's row order),  db = sum dout,  dP = dout W_k^T,
+        dx[i, j] = sum over (dy, dx) of dP[i - dy + 1, j - dx + 1, (dy, dx, c)]  (col2im)
     """
     B, H, Wd, Co = dout.shape
     C = W.shape[0] // 9
     d2 = dout.reshape(-1, Co)  # (B H W, C_out)
-    dW = P.reshape(-1, 9 * C).T @ d2  # (9 C_in, C_out)
+    dW_k = P.reshape(-1, 9 * C).T @ d2  # (9 C_in, C_out), rows (dy, dx, c)
+    dW = dW_k.reshape(9, C, Co).transpose(1, 0, 2).reshape(9 * C, Co)  # rows (c, dy, dx)
     db = d2.sum(axis=0)  # (C_out,)
-    # dP with its rows reordered to (dy, dx, c), so that each offset's slice is contiguous
-    W_k = W.reshape(C, 9, Co).transpose(1, 0, 2).reshape(9 * C, Co)  # (9 C_in, C_out)
-    dP = (d2 @ W_k.T).reshape(B, H, Wd, 9, C)  # (B, H, W, 9, C_in)
+    # dP = dout W_k^T one offset's C_in columns at a time: each block comes out contiguous,
+    # so the col2im adds run over whole image rows (2.6x faster at 28 x 28 than slicing
+    # the (B, H, W, 9, C_in) dP, whose contiguous runs are C_in numbers long)
+    W_t = np.ascontiguousarray(_offset_major(W).reshape(9, C, Co).transpose(0, 2, 1))  # (9, Co, C)
     dxp = np.zeros((B, H + 2, Wd + 2, C), dtype=dout.dtype)  # (B, H+2, W+2, C_in)
     for k, (dy, dx) in enumerate(OFFSETS):
-        dxp[:, dy:dy + H, dx:dx + Wd, :] += dP[:, :, :, k, :]  # each patch entry's source
+        dP_k = (d2 @ W_t[k]).reshape(B, H, Wd, C)  # dL/dP[..., (dy, dx, :)]
+        dxp[:, dy:dy + H, dx:dx + Wd, :] += dP_k  # back to each patch entry's source pixel
     return dxp[:, 1:-1, 1:-1, :], dW, db  # crop the padding
 
 
