@@ -57,6 +57,7 @@ def _plot(rows, path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     from fm_numpy.io import atomic_path
 
@@ -72,6 +73,7 @@ def _plot(rows, path):
     ax.set(xscale="log", yscale="log", xlabel="NFE (steps)", ylabel="judge FD",
            title="MNIST U-Net at the demo budget: FD against NFE")
     ax.set_xticks(NFES, [str(k) for k in NFES])
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -91,6 +93,8 @@ def main(argv=None):
     parser.add_argument("-n", type=int, default=1000, help="images judged per setting")
     parser.add_argument("--quick", action="store_true", help="a few steps, to test the plumbing")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--plot-only", action="store_true",
+                        help="redraw the plot from results.json, train nothing")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     recipe = dict(RECIPE)
@@ -98,6 +102,12 @@ def main(argv=None):
         recipe.update(steps=6, warmup=2, ckpt_every=3)
         args.pairs, args.n = min(args.pairs, 64), min(args.n, 100)
     runs = RUNS + "-quick" if args.quick else RUNS  # never resumed into each other
+    png = os.path.join(runs if args.quick else os.path.join(ROOT, "docs", "img"),
+                       "fewstep_unet.png")
+    if args.plot_only:
+        with open(os.path.join(runs, "results.json")) as f:
+            _plot(json.load(f)["rows"], png)
+        return
     classifier, info = load_or_train_classifier(progress=True)
     memo, rows = {}, []
     os.makedirs(runs, exist_ok=True)
@@ -125,8 +135,6 @@ def main(argv=None):
                   f"{seconds:.0f} |", flush=True)
         with atomic_path(os.path.join(runs, "results.json")) as tmp, open(tmp, "w") as f:
             json.dump({"recipe": recipe, "pairs": args.pairs, "rows": rows}, f, indent=1)
-    png = os.path.join(runs if args.quick else os.path.join(ROOT, "docs", "img"),
-                       "fewstep_unet.png")
     _plot(rows, png)
     print(f"\nwrote {png} and {os.path.join(runs, 'results.json')}")
 
