@@ -66,6 +66,7 @@ def test_torchrun_trains_and_resumes(tmp_path):
             "--master_port", "29517", "-m", "fm_torch.cli", "train", "--data", "mnist",
             "--base", "8", "--mults", "1,2", "--batch", "4", "--n-train", "64", "--steps", "3",
             "--ckpt-every", "3", "--sample-every", "1000", "--no-progress", "--threads", "1",
+            "--lr-schedule", "constant",  # resumed to more steps: no decaying schedule
             "--out", str(out)]  # a later --steps overrides this one
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
