@@ -1,5 +1,5 @@
-"""Few-step MNIST with the torch U-Net (issue 12; not part of `make bench`: about 45 minutes
-of CPU on 2 cores).
+"""Few-step MNIST with the torch U-Net (issue 12; not part of `make bench`: it took about an
+hour on the 2-core machine beside other jobs, most of it reflow's 10,000 teacher solves).
 
 Four class-conditional U-Nets at `make demo`'s budget and recipe (base 16, mults 1,2,2,
 800 AdamW steps of 64, lr 2e-3, warm-up 50 + cosine, EMA 0.995, label dropout 0.1), each

@@ -28,6 +28,7 @@ import numpy as np
 from fm_numpy.models import conv as L
 from fm_numpy.models.files import NpzFile
 from fm_numpy.models.files import config_dtype as _config_dtype
+from fm_numpy.models.inputs import check_t
 
 __all__ = ["ConvUNet", "MULTS", "block_layout"]
 
@@ -138,13 +139,7 @@ class ConvUNet(NpzFile):
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape (B, {self.dim}), got {x.shape}")
         B = x.shape[0]
-        t = np.asarray(t, dtype=self.dtype)
-        if t.ndim == 0:
-            t = np.full(B, t, dtype=self.dtype)
-        elif t.shape != (B,):
-            raise ValueError(f"t must be a scalar or have shape ({B},), got {t.shape}")
-        if not (t.min() >= 0 and t.max() <= 1):
-            raise ValueError(f"t must lie in [0, 1], got values from {t.min()} to {t.max()}")
+        t = check_t(t, B, self.dtype)  # (B,)
         targ = (1000 * t)[:, None] * self.freqs  # (B, T/2)
         phi = np.concatenate([np.cos(targ), np.sin(targ)], axis=1)  # (B, T)
         rows = None

@@ -26,6 +26,7 @@ import numpy as np
 from fm_numpy import kernels
 from fm_numpy.models.files import MLP_FILE_DEFAULTS, NpzFile
 from fm_numpy.models.files import config_dtype as _config_dtype
+from fm_numpy.models.inputs import check_t
 
 __all__ = ["MLP"]
 
@@ -154,14 +155,7 @@ class MLP(NpzFile):
         return x
 
     def _check_t(self, t, B):
-        t = np.asarray(t, dtype=self.dtype)
-        if t.ndim == 0:
-            t = np.full(B, t, dtype=self.dtype)
-        elif t.shape != (B,):
-            raise ValueError(f"t must be a scalar or have shape ({B},), got {t.shape}")
-        if not (t.min() >= 0 and t.max() <= 1):
-            raise ValueError(f"t must lie in [0, 1], got values from {t.min()} to {t.max()}")
-        return t
+        return check_t(t, B, self.dtype)  # (B,)
 
     def _check_r(self, r, t, B):
         """(time of x, t - r): (t, 0) for r=None; r must satisfy 0 <= r <= t (mean-flow only)."""

@@ -21,6 +21,7 @@ import numpy as np
 
 from fm_numpy.models.files import NpzFile
 from fm_numpy.models.files import config_dtype as _config_dtype
+from fm_numpy.models.inputs import check_t
 
 __all__ = ["ResMLP", "LN_EPS", "layer_norm", "layer_norm_backward"]
 
@@ -133,13 +134,7 @@ class ResMLP(NpzFile):
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape (B, {self.dim}), got {x.shape}")
         B = x.shape[0]
-        t = np.asarray(t, dtype=self.dtype)
-        if t.ndim == 0:
-            t = np.full(B, t, dtype=self.dtype)
-        elif t.shape != (B,):
-            raise ValueError(f"t must be a scalar or have shape ({B},), got {t.shape}")
-        if not (t.min() >= 0 and t.max() <= 1):
-            raise ValueError(f"t must lie in [0, 1], got values from {t.min()} to {t.max()}")
+        t = check_t(t, B, self.dtype)  # (B,)
         targ = (1000 * t)[:, None] * self.freqs  # (B, T/2)
         parts = [x, np.cos(targ), np.sin(targ)]
         rows = None
