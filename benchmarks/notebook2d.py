@@ -35,6 +35,9 @@ RECIPES = {
                           ema_decay=0.99),
     "t2 linear": dict(time_scale=1.0, time_features=2, lr_schedule="linear"),
     "t2 logit-normal": dict(time_scale=1.0, time_features=2, time_sampling="logit-normal"),
+    "t2 ema": dict(time_scale=1.0, time_features=2, ema_decay=0.99),
+    "t2 logit-normal ema": dict(time_scale=1.0, time_features=2, time_sampling="logit-normal",
+                                ema_decay=0.99),
     # the best measured so far (docs/benchmarks.md, issue 13): 2 time features of raw t
     "default": dict(time_scale=1.0, time_features=2),
 }
@@ -276,16 +279,39 @@ def table(per_seed, seeds, iterations, batch):
     return "\n".join(lines)
 
 
-def compare(seeds=(0, 1, 2), iterations=ITERATIONS, batch=BATCH, recipes=("default",),
-            n_samples=N_SAMPLES, n_lik=N_LIK, log=print, json_path=None):
-    """Meta's notebook against our recipes, seed by seed; results so far go to json_path."""
+def earlier_meta(path, seeds, iterations, batch):
+    """{seed: Meta's results} from an earlier compare() json with the same settings.
+
+    Meta's run is deterministic (seeded torch generator and initialisation, one thread, the
+    seed's data stream), so its numbers for a seed can be reused while recipes are tried."""
     import json
 
+    with open(path) as f:
+        old = json.load(f)
+    if (old["iterations"], old["batch"]) != (iterations, batch):
+        raise SystemExit(f"{path}: ran {old['iterations']} iterations of {old['batch']}, "
+                         f"not {iterations} of {batch}")
+    found = {s: r[MetaTrainer.name] for s, r in zip(old["seeds"], old["results"], strict=True)}
+    missing = [s for s in seeds if s not in found]
+    if missing:
+        raise SystemExit(f"{path}: no Meta results for seeds {missing}")
+    return found
+
+
+def compare(seeds=(0, 1, 2), iterations=ITERATIONS, batch=BATCH, recipes=("default",),
+            n_samples=N_SAMPLES, n_lik=N_LIK, log=print, json_path=None, meta_from=None):
+    """Meta's notebook against our recipes, seed by seed; results so far go to json_path.
+
+    meta_from: an earlier json whose Meta results are reused instead of training Meta."""
+    import json
+
+    reused = earlier_meta(meta_from, seeds, iterations, batch) if meta_from else {}
     per_seed = []
     for seed in seeds:
-        trainers = [MetaTrainer(seed)] + [OurTrainer(seed, r, iterations=iterations)
-                                          for r in recipes]
-        per_seed.append(run(trainers, seed, iterations, n_samples, n_lik, log, batch))
+        trainers = ([] if reused else [MetaTrainer(seed)]) + [
+            OurTrainer(seed, r, iterations=iterations) for r in recipes]
+        res = run(trainers, seed, iterations, n_samples, n_lik, log, batch)
+        per_seed.append({MetaTrainer.name: reused[seed], **res} if reused else res)
         if json_path:
             from fm_numpy.io import atomic_path
 
@@ -309,6 +335,7 @@ def main(argv=None):
     parser.add_argument("--n-samples", type=int, default=N_SAMPLES)
     parser.add_argument("--n-lik", type=int, default=N_LIK)
     parser.add_argument("--json", help="write the results (after every seed) to this file")
+    parser.add_argument("--meta-from", help="reuse Meta's results from an earlier --json file")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     from benchmarks.bench_libraries import ensure_packages
@@ -318,7 +345,7 @@ def main(argv=None):
         raise SystemExit("; ".join(notes))
     seeds = tuple(int(s) for s in args.seeds.split(","))
     per_seed = compare(seeds, args.iterations, args.batch, tuple(args.recipes.split(",")),
-                       args.n_samples, args.n_lik, json_path=args.json,
+                       args.n_samples, args.n_lik, json_path=args.json, meta_from=args.meta_from,
                        log=lambda s: print(s, flush=True))
     print(table(per_seed, seeds, args.iterations, args.batch))
 

@@ -140,6 +140,9 @@ def add_train_parser(subparsers):
     p.add_argument("--ema-decay", type=float,
                    help="EMA decay of the weights saved in model.npz (default 0: none)")
     add_recipe_arguments(p)
+    p.add_argument("--threads", type=int,
+                   help="batch slices computed at once, one thread each (default 1 for the "
+                        "mlp, else the usable cores up to 4)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--out", default=None, help="run folder (default runs/<data>)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -162,7 +165,8 @@ def cmd_train(args):
     from fm_numpy.cli_fewstep import fewstep_settings
 
     settings.update(fewstep_settings(args))
-    _, losses = train(out, resume=args.resume, progress=not args.no_progress, **settings)
+    _, losses = train(out, resume=args.resume, progress=not args.no_progress,
+                      threads=args.threads, **settings)
     if losses:
         plot_loss(losses, os.path.join(out, "loss.png"))
         print(f"trained to step {losses[-1][0]}, last loss {losses[-1][1]:.4f}; wrote "
@@ -183,6 +187,9 @@ def add_sample_parser(subparsers):
     p.add_argument("--chunk", type=int,
                    help="samples integrated at a time (memory and speed; default 1024, and 100 "
                         "for a convnet, whose forward pass caches its im2col patches)")
+    p.add_argument("--threads", type=int,
+                   help="slices of each chunk computed at once, one thread each (default 1 "
+                        "for an mlp, else the usable cores up to 4)")
     p.add_argument("--out", required=True, help="samples .npz (PNGs are written beside it)")
     p.set_defaults(func=cmd_sample)
 
@@ -197,6 +204,7 @@ def _run_config(model_path):
 
 def cmd_sample(args):
     from fm_numpy.models import load_model
+    from fm_numpy.models.threads import threaded
     from fm_numpy.sampling import NpzStreamWriter, check_output_fits, sample_in_chunks
     from fm_numpy.solvers import ClassifierFreeGuidance, odeint
 
@@ -212,9 +220,10 @@ def cmd_sample(args):
     check_output_fits(args.out, args.n * row_bytes, f"-n {args.n} ({args.out})")
     rng = np.random.default_rng(args.seed)
     labels = np.arange(args.n) % model.num_classes if model.num_classes else None  # in turn
-    field = model
+    net = threaded(model, model.config.get("arch", "mlp"), args.threads)  # batch slices
+    field = net
     if model.num_classes:
-        field = lambda x, t, y: ClassifierFreeGuidance(model, y, args.guidance)(x, t)  # noqa: E731
+        field = lambda x, t, y: ClassifierFreeGuidance(net, y, args.guidance)(x, t)  # noqa: E731
     t_grid = np.linspace(0.0, 1.0, args.steps + 1)
     mean_flow = getattr(model, "mean_flow", False) and args.method == "euler"
     head = []  # the first rows, for the plots (the rest only streams to the file)

@@ -33,6 +33,7 @@ import numpy as np
 from fm_numpy.ema import EMA
 from fm_numpy.io import load_npz, read_log, save_json, save_npz, write_log
 from fm_numpy.models import ARCHITECTURES, model_class
+from fm_numpy.models.threads import threaded
 from fm_numpy.optim import Adam
 from fm_numpy.paths import AffinePath, make_scheduler
 from fm_numpy.schedules import LEGACY, RECIPE_DEFAULTS, horizon_changed, make_recipe
@@ -212,11 +213,14 @@ def _write_losses(path, rows, append):
     write_log(path, ["step", "loss"], [(s, repr(v)) for s, v in rows], append)
 
 
-def train(out, resume=False, progress=True, **settings):
+def train(out, resume=False, progress=True, threads=None, **settings):
     """Train an MLP velocity field; returns (model, losses) with losses [(step, loss), ...].
 
     `settings` are the keys of DEFAULTS (see resolve_config). With resume=True the run in
     `out` continues from its checkpoint (its settings must match, except steps/ckpt_every).
+    `threads` batch slices run at once (fm_numpy/models/threads.py; default 1 for the MLP,
+    else the usable cores up to 4); not a setting of the run: the same gradient up to
+    rounding, so a run may resume with another count.
     Raises TrainingDiverged at the first non-finite loss, keeping the last checkpoint.
     """
     from tqdm import tqdm
@@ -258,6 +262,9 @@ def train(out, resume=False, progress=True, **settings):
     from fm_numpy.fewstep import FewStepHooks
 
     hooks = FewStepHooks(config, path, out)
+    net = model  # what the step calls; the same network on batch slices in threads
+    if not hooks.meanflow:  # MeanFlow's loss calls the model's own JVP
+        net = threaded(model, config["arch"], threads)
     pending = []
     last_good = step
     bar = tqdm(total=config["steps"], initial=step, disable=not progress, desc="train",
@@ -277,7 +284,7 @@ def train(out, resume=False, progress=True, **settings):
                 loss, diff = hooks.meanflow_loss(model, x0, x1, y, rng)  # diff = dL/du
             else:
                 xt, ut = path.sample(x0, x1, t)  # (B, D) each
-                v = model.forward(xt, t, y)  # (B, D)
+                v = net.forward(xt, t, y)  # (B, D)
                 diff = v - ut  # (B, D)
                 loss = float(np.mean(diff * diff))
             if not np.isfinite(loss):
@@ -287,7 +294,7 @@ def train(out, resume=False, progress=True, **settings):
             if not hooks.meanflow:
                 diff *= 2.0 / diff.size  # dL/dv
             opt.lr = lr_at(step)
-            opt.step(model.backward(diff))
+            opt.step(net.backward(diff))
             ema.update(model.params)
             hooks.step_done(time.perf_counter() - step_start)
             step += 1
