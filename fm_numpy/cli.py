@@ -138,7 +138,8 @@ def add_train_parser(subparsers):
     p.add_argument("--dtype", choices=("float32", "float64"), help="default float32")
     p.add_argument("--n-train", type=int, help="use only the first N MNIST training images")
     p.add_argument("--ema-decay", type=float,
-                   help="EMA decay of the weights saved in model.npz (default 0: none)")
+                   help="EMA decay of the weights saved in model.npz (default 0.99; mnist 0: "
+                        "none)")
     add_recipe_arguments(p)
     p.add_argument("--threads", type=int,
                    help="batch slices computed at once, one thread each (default 1 for the "

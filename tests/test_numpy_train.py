@@ -77,3 +77,15 @@ def test_mnist_short_run_loss_falls(tmp_path):
                       batch=32, hidden=64, depth=2, n_train=2000, ckpt_every=400)
     values = np.array([v for _, v in losses])
     assert values[-20:].mean() < 0.7 * values[:5].mean()  # 1.90 -> 1.20 measured
+
+
+def test_resume_takes_the_runs_own_settings_where_none_are_given(tmp_path):
+    # a run trained with settings that differ from the defaults resumes from its checkpoint
+    # alone; a setting given explicitly is still checked against it
+    settings = dict(TINY, ema_decay=0.5, steps=20, ckpt_every=10)
+    train(tmp_path / "r", progress=False, **dict(settings, steps=10))
+    _, losses = train(tmp_path / "r", resume=True, progress=False, data="moons", steps=20)
+    full, full_losses = train(tmp_path / "whole", progress=False, **settings)
+    assert [v for _, v in losses] == [v for _, v in full_losses]
+    with pytest.raises(ValueError, match="ema_decay"):
+        train(tmp_path / "r", resume=True, progress=False, data="moons", ema_decay=0.9)
