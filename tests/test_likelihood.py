@@ -390,3 +390,24 @@ def test_numpy_likelihood_of_a_network_without_a_jvp_is_one_line_exit_2(tmp_path
     assert main(["likelihood", "--model", str(tmp_path / "res.npz"), "--data", "8gaussians"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'resmlp' network" in err[0] and "--arch mlp" in err[0]
+
+
+def test_mnist_likelihood_defaults_to_an_adaptive_solver():
+    # fixed rk4 grids are far from converged on MNIST (docs/benchmarks.md): mnist's default
+    # is each package's adaptive solver, the 2-D sets keep rk4; --method still overrides
+    import argparse
+
+    from fm_numpy.cli_likelihood import add_likelihood_parser as numpy_parser
+    from fm_numpy.cli_likelihood import check_args
+    from fm_torch.cli_likelihood import add_likelihood_parser as torch_parser
+
+    for add, adaptive in ((numpy_parser, "RK45"), (torch_parser, "dopri5")):
+        parser = argparse.ArgumentParser()
+        add(parser.add_subparsers())
+        chosen = {}
+        for extra in ([], ["--data", "mnist"], ["--data", "mnist", "--method", "rk4"]):
+            args = parser.parse_args(["likelihood", "--model", "m.npz", *extra])
+            check_args(args)
+            chosen[" ".join(extra)] = args.method
+        assert chosen == {"": "rk4", "--data mnist": adaptive,
+                          "--data mnist --method rk4": "rk4"}
