@@ -115,7 +115,7 @@ def add_train_parser(subparsers):
     p = subparsers.add_parser("train", help="train an MLP velocity field by flow matching")
     p.add_argument("--data", default="8gaussians",
                    help="mnist or a 2-D toy set: moons, 8gaussians, checkerboard, spirals, circles")
-    p.add_argument("--steps", type=int, help="optimizer steps (default 6000; mnist 2400)")
+    p.add_argument("--steps", type=int, help="optimizer steps (default 6000; mnist 2800)")
     p.add_argument("--batch", type=int, help="batch size (default 512; mnist 32)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default 2e-3; mnist 2e-3)")
     p.add_argument("--arch", choices=("mlp", "resmlp", "convnet"),

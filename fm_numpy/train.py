@@ -61,11 +61,11 @@ MNIST_DEFAULTS = {"steps": 3000, "batch": 128, "lr": 1e-3, "hidden": 512, "depth
 MNIST_RESMLP_DEFAULTS = {"steps": 6000, "batch": 128, "lr": 1e-3, "hidden": 768, "depth": 4,
                          "arch": "resmlp", "ema_decay": 0.0}
 # MNIST's default network (issue 13, docs/numpy.md section 8): the NumPy U-Net of
-# fm_numpy/models/convnet.py (base width 16, widths 16-32-32 at 28-14-7), 2400 steps of 32
-# (76,800 images: 8.7 min of one core since the im2col speed-up, inside the 10-minute
-# budget), warm-up and cosine lr decay (docs/benchmarks.md: batch 32 beat 800 steps of 64;
-# 2400 steps gave FD 43.8 against 56.8 for 1600)
-MNIST_CONVNET_DEFAULTS = {"steps": 2400, "batch": 32, "lr": 2e-3, "hidden": 16, "depth": 3,
+# fm_numpy/models/convnet.py (base width 16, widths 16-32-32 at 28-14-7), 2800 steps of 32
+# (89,600 images: 6 min 17 s on 2 cores as two batch slices with OMP_NUM_THREADS=1, inside
+# the 10-minute budget), warm-up and cosine lr decay (docs/benchmarks.md: batch 32 beat
+# 800 steps of 64; FD 56.8, 43.8, 39.8 at w = 2 for 1600, 2400, 2800 steps)
+MNIST_CONVNET_DEFAULTS = {"steps": 2800, "batch": 32, "lr": 2e-3, "hidden": 16, "depth": 3,
                           "warmup": 100, "lr_schedule": "cosine", "arch": "convnet",
                           "ema_decay": 0.0}
 
