@@ -223,7 +223,8 @@ def train(out, resume=False, progress=True, threads=None, **settings):
     """Train an MLP velocity field; returns (model, losses) with losses [(step, loss), ...].
 
     `settings` are the keys of DEFAULTS (see resolve_config). With resume=True the run in
-    `out` continues from its checkpoint (its settings must match, except steps/ckpt_every).
+    `out` continues from its checkpoint (settings left out, or None, are the checkpoint's;
+    given ones must match it, except steps/ckpt_every).
     `threads` batch slices run at once (fm_numpy/models/threads.py; default 1 for the MLP,
     else the usable cores up to 4); not a setting of the run: the same gradient up to
     rounding, so a run may resume with another count.
