@@ -56,14 +56,14 @@ def bench(threads_list, batch=32, chunk=100, reps=7):
                 start = time.perf_counter()
                 fn(net)
                 times[(k, what)].append(time.perf_counter() - start)
-    return times
+    return times, model.num_parameters
 
 
 def main(quick=False):
     cores = _cores() or 1
     threads_list = sorted({1, 2, min(4, cores)})
-    times = bench(threads_list, reps=3 if quick else 7)
-    print(f"fm_numpy ConvUNet 16-32-32 (93,633 parameters), float32, {cores} usable cores, "
+    times, params = bench(threads_list, reps=3 if quick else 7)
+    print(f"fm_numpy ConvUNet 16-32-32 ({params:,} parameters), float32, {cores} usable cores, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; median of "
           f"{len(times[(1, 'train')])} interleaved repetitions.")
     print()

@@ -25,14 +25,13 @@ from .likelihood import (
 __all__ = ["add_likelihood_arguments", "add_likelihood_parser", "cmd_likelihood", "summarise"]
 
 
-# MNIST's default solver is adaptive: on the first 20 test images of a trained U-Net, rk4
-# with 25, 50, 100, 200 fixed steps gave -0.16, 0.96, 1.36, 1.49 bits/dim against dopri5's
-# 1.45 (docs/benchmarks.md, "The full MNIST run"): the divergence changes fast near t = 1
-IMAGE_METHOD = {"RK45, DOP853": "RK45", "dopri5": "dopri5"}
+def add_likelihood_arguments(p, adaptive="RK45, DOP853", image_method="RK45"):
+    """The options shared by `fm-numpy likelihood` and `fm-torch likelihood`.
 
-
-def add_likelihood_arguments(p, adaptive="RK45, DOP853"):
-    """The options shared by `fm-numpy likelihood` and `fm-torch likelihood`."""
+    `image_method`, the package's adaptive solver, is MNIST's default: on the first 20 test
+    images of a trained U-Net, rk4 with 25, 50, 100, 200 fixed steps gave -0.16, 0.96,
+    1.36, 1.49 bits/dim against dopri5's 1.45 (docs/benchmarks.md, "The full MNIST run on
+    the CPU"): the divergence changes fast near t = 1."""
     p.add_argument("--data", default="8gaussians",
                    help="mnist (test split) or a 2-D toy set: moons, 8gaussians, checkerboard, "
                         "spirals, circles (fresh points drawn with --seed)")
@@ -40,8 +39,8 @@ def add_likelihood_arguments(p, adaptive="RK45, DOP853"):
                    help="number of test points (default 1000; mnist 100)")
     p.add_argument("--method", default=None,
                    help=f"euler, midpoint, heun, rk4, {adaptive} (default rk4; mnist "
-                        f"{IMAGE_METHOD[adaptive]}: fixed grids are far from converged there)")
-    p.set_defaults(image_method=IMAGE_METHOD[adaptive])
+                        f"{image_method}: fixed grids are far from converged there)")
+    p.set_defaults(image_method=image_method)
     p.add_argument("--steps", type=int, default=50, help="fixed-grid steps (default 50)")
     p.add_argument("--rtol", type=float, default=1e-5, help="adaptive methods (default 1e-5)")
     p.add_argument("--atol", type=float, default=1e-5, help="adaptive methods (default 1e-5)")

@@ -234,9 +234,10 @@ def train(out, resume=False, progress=True, threads=None, **settings):
 
     out = os.fspath(out)
     ckpt_path = os.path.join(out, "checkpoint.npz")
-    if resume and os.path.exists(ckpt_path):  # settings not given are the run's own
-        settings = {**_saved_settings(ckpt_path), **{k: v for k, v in settings.items()
-                                                      if v is not None}}
+    arrays = load_npz(ckpt_path) if resume and os.path.exists(ckpt_path) else None
+    if arrays is not None:  # settings not given are the run's own
+        settings = {**_saved_settings(arrays, ckpt_path),
+                    **{k: v for k, v in settings.items() if v is not None}}
     config = resolve_config(**settings)
     loss_path = os.path.join(out, "loss.csv")
     if resume and not os.path.exists(ckpt_path):
@@ -260,7 +261,7 @@ def train(out, resume=False, progress=True, threads=None, **settings):
     path = AffinePath(make_scheduler(config["scheduler"]))
     step = 0
     if resume:
-        step = _load_checkpoint(ckpt_path, config, model, opt, rng, ema)
+        step = _load_checkpoint(ckpt_path, arrays, config, model, opt, rng, ema)
         losses = _read_losses(loss_path, step)
         _write_losses(loss_path, losses, append=False)  # drop rows logged after the checkpoint
     else:
@@ -345,10 +346,9 @@ def _save_checkpoint(out, ckpt_path, config, model, opt, rng, step, ema):
              **ema.params)
 
 
-def _saved_settings(ckpt_path):
-    """The training settings stored in a checkpoint (those DEFAULTS knows), for a resume
-    that leaves them out; {} when the file holds none (then _load_checkpoint refuses it)."""
-    arrays = load_npz(ckpt_path)  # one clear line for a damaged file
+def _saved_settings(arrays, ckpt_path):
+    """The training settings stored in a checkpoint's arrays (those DEFAULTS knows), for a
+    resume that leaves them out; {} when it holds none (then _load_checkpoint refuses it)."""
     if "config" not in arrays:
         return {}
     try:
@@ -358,8 +358,7 @@ def _saved_settings(ckpt_path):
     return {k: v for k, v in saved.items() if k in DEFAULTS} if isinstance(saved, dict) else {}
 
 
-def _load_checkpoint(ckpt_path, config, model, opt, rng, ema):
-    arrays = load_npz(ckpt_path)
+def _load_checkpoint(ckpt_path, arrays, config, model, opt, rng, ema):
     for key in ("step", "rng_state", "config"):
         if key not in arrays:
             raise ValueError(f"{ckpt_path} is not a training checkpoint (no {key!r})")

@@ -34,7 +34,7 @@ def add_likelihood_parser(subparsers):
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                    help="precision of the model and the ODE state (default float64)")
-    add_likelihood_arguments(p, adaptive="dopri5")
+    add_likelihood_arguments(p, adaptive="dopri5", image_method="dopri5")
     p.set_defaults(func=cmd_likelihood)
 
 

@@ -112,10 +112,10 @@ def train(out, resume=False, progress=True, device=None, data_dir=None, sync_eve
     """Train a velocity field; returns (model, losses) with losses [(step, loss, images/s), ...].
 
     `settings` are the keys of DEFAULTS (see resolve_config); `batch` is per process.
-    With resume=True the run in `out` continues from out/ckpt.pt (its settings must
-    match, except steps/ckpt_every/sample_every/bf16/compile) to the same weights as an
-    uninterrupted run. Raises TrainingDiverged at the first non-finite loss, keeping the
-    last checkpoint. bf16 autocast applies on CUDA and CPU, torch.compile on CUDA only
+    With resume=True the run in `out` continues from out/ckpt.pt (settings left out, or
+    None, are the checkpoint's; given ones must match it, except
+    steps/ckpt_every/sample_every/bf16/compile) to the same weights as an uninterrupted
+    run. Raises TrainingDiverged at the first non-finite loss, keeping the last checkpoint. bf16 autocast applies on CUDA and CPU, torch.compile on CUDA only
     unless FM_TORCH_COMPILE_CPU names a backend for CPU ("inductor", "aot_eager": tests).
 
     Host syncs (see `_sync`): the losses stay on the device and are read, with one
@@ -126,8 +126,14 @@ def train(out, resume=False, progress=True, device=None, data_dir=None, sync_eve
     """
     from tqdm import tqdm
 
-    config = resolve_config(**settings)
     out = os.fspath(out)
+    ckpt_path = os.path.join(out, _CKPT)
+    checkpoint = load_checkpoint(ckpt_path) if resume and os.path.exists(ckpt_path) else None
+    if checkpoint is not None and isinstance(checkpoint.get("config"), dict):
+        # settings not given are the run's own (as fm_numpy.train)
+        settings = {**{k: v for k, v in checkpoint["config"].items() if k in DEFAULTS},
+                    **{k: v for k, v in settings.items() if v is not None}}
+    config = resolve_config(**settings)
     world_size, rank, local_rank = _dist_info()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and world_size > 1:
@@ -143,14 +149,14 @@ def train(out, resume=False, progress=True, device=None, data_dir=None, sync_eve
         if isinstance(sync_every, bool) or int(sync_every) != sync_every or sync_every < 1:
             raise ValueError(f"sync_every must be a positive integer, got {sync_every!r}")
         return _train(out, resume, progress, device, data_dir, config, world_size, rank, tqdm,
-                      int(sync_every))
+                      int(sync_every), checkpoint)
     finally:
         if own_group:
             dist.destroy_process_group()
 
 
 def _train(out, resume, progress, device, data_dir, config, world_size, rank, tqdm,
-           sync_every=1):
+           sync_every=1, checkpoint=None):
     is_main = rank == 0
     ckpt_path = os.path.join(out, _CKPT)
     loss_path = os.path.join(out, "loss.csv")
@@ -185,7 +191,8 @@ def _train(out, resume, progress, device, data_dir, config, world_size, rank, tq
     loss_fn = training_loss(config)  # flow_matching_loss, or a DDPM / Diff2Flow objective
     step = 0
     if resume:
-        step = _load_state(ckpt_path, config, model, ema, opt, gen, rank, world_size)
+        step = _load_state(ckpt_path, checkpoint, config, model, ema, opt, gen, rank,
+                           world_size)
     losses = _read_losses(loss_path, step) if resume else []
     if is_main:
         _write_losses(loss_path, losses, append=False)  # drops rows logged after the checkpoint
@@ -317,8 +324,7 @@ def _save_state(ckpt_path, config, model, ema, opt, rng_states, step, world_size
     })
 
 
-def _load_state(ckpt_path, config, model, ema, opt, gen, rank, world_size):
-    checkpoint = load_checkpoint(ckpt_path)
+def _load_state(ckpt_path, checkpoint, config, model, ema, opt, gen, rank, world_size):
     for key in ("config", "model", "ema", "optimizer", "step", "rng"):
         if key not in checkpoint:
             raise ValueError(f"{ckpt_path} is not an fm-torch training checkpoint (no {key!r})")

@@ -55,6 +55,19 @@ def test_resume_matches_uninterrupted_run(tmp_path, settings):
     assert [v for _, v in _losses(whole)] == [v for _, v in _losses(split)]
 
 
+def test_resume_takes_the_runs_own_settings_where_none_are_given(tmp_path):
+    # as fm_numpy.train: a run with non-default settings resumes from its checkpoint alone;
+    # a setting given explicitly is still checked against it
+    settings = dict(TOY, ema_decay=0.5, sample_every=1000, ckpt_every=3)
+    train(tmp_path / "r", progress=False, steps=3, **settings)
+    model_b, _ = train(tmp_path / "r", resume=True, progress=False, data="8gaussians", steps=6)
+    model_a, _ = train(tmp_path / "whole", progress=False, steps=6, **settings)
+    assert all(torch.equal(a, b) for a, b in zip(model_a.state_dict().values(),
+                                                 model_b.state_dict().values(), strict=True))
+    with pytest.raises(ValueError, match="ema_decay"):
+        train(tmp_path / "r", resume=True, progress=False, data="8gaussians", ema_decay=0.9)
+
+
 def test_resume_refuses_changed_settings_and_missing_run(tmp_path):
     train(tmp_path, progress=False, steps=2, ckpt_every=2, sample_every=1000, **TOY)
     with pytest.raises(ValueError, match="lr"):
