@@ -115,8 +115,9 @@ def train(out, resume=False, progress=True, device=None, data_dir=None, sync_eve
     With resume=True the run in `out` continues from out/ckpt.pt (settings left out, or
     None, are the checkpoint's; given ones must match it, except
     steps/ckpt_every/sample_every/bf16/compile) to the same weights as an uninterrupted
-    run. Raises TrainingDiverged at the first non-finite loss, keeping the last checkpoint. bf16 autocast applies on CUDA and CPU, torch.compile on CUDA only
-    unless FM_TORCH_COMPILE_CPU names a backend for CPU ("inductor", "aot_eager": tests).
+    run. Raises TrainingDiverged at the first non-finite loss, keeping the last checkpoint.
+    bf16 autocast applies on CUDA and CPU, torch.compile on CUDA only unless
+    FM_TORCH_COMPILE_CPU names a backend for CPU ("inductor", "aot_eager": tests).
 
     Host syncs (see `_sync`): the losses stay on the device and are read, with one
     all-reduce of [losses, stop flag] under DDP, every `sync_every` steps (default 1 on
