@@ -194,6 +194,7 @@ def test_one_adam_step_agrees_with_torch(tmp_path):
     x, t, y, target = _batch(arch, seed=10, B=4)
     opt_np = Adam(model_np.params, lr=1e-2)
     opt_th = torch.optim.Adam(model_th.parameters(), lr=1e-2)
+    before = {k: p.copy() for k, p in model_np.params.items()}
     for _ in range(2):  # the second step uses nonzero moments
         diff = model_np.forward(x, t, y) - target
         opt_np.step(model_np.backward(diff * (2.0 / diff.size)))
@@ -201,8 +202,16 @@ def test_one_adam_step_agrees_with_torch(tmp_path):
         v_th = model_th(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(y))
         ((v_th - torch.from_numpy(target)) ** 2).mean().backward()
         opt_th.step()
+    # Adam's update m_hat / sqrt(s_hat) is blind to a common factor c on every gradient, so
+    # the weights alone cannot see a wrong scale in dL/dv; the moments m (~ c g) and
+    # s (~ c^2 g^2) can. The step is compared on its own scale (p - p_before), not on the
+    # scale of the weights, which would hide a wrong step of size lr.
     for name, p in model_th.named_parameters():
-        _assert_close(model_np.params[name], p.detach().numpy(), f"weights {name}")
+        state = opt_th.state[p]
+        _assert_close(opt_np.m[name], state["exp_avg"].numpy(), f"Adam m {name}")
+        _assert_close(opt_np.s[name], state["exp_avg_sq"].numpy(), f"Adam s {name}")
+        _assert_close(model_np.params[name] - before[name], p.detach().numpy() - before[name],
+                      f"weight step {name}")
 
 
 def test_files_of_another_architecture_are_refused(tmp_path):
