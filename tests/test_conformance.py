@@ -129,12 +129,55 @@ def test_reference_files_regenerate_bit_for_bit():
                 assert stored[name].dtype == np.float64
 
 
-def test_reference_path_values_are_the_closed_forms():
-    ref = load_reference("path")
+def _closed_form(name, t):
+    """(alpha_t, sigma_t, d_alpha_t, d_sigma_t) written out here from the papers, not taken
+    from fm_numpy.paths, so a wrong formula in SCHEDULERS cannot agree with itself."""
+    pi = np.pi
+    if name == "condot":
+        return t, 1 - t, np.ones_like(t), -np.ones_like(t)
+    if name == "sigma_min_ot":  # Lipman et al. (2022), default sigma_min = 1e-4
+        return t, 1 - (1 - 1e-4) * t, np.ones_like(t), -(1 - 1e-4) * np.ones_like(t)
+    if name == "cosine":
+        return (np.sin(pi * t / 2), np.cos(pi * t / 2),
+                pi / 2 * np.cos(pi * t / 2), -pi / 2 * np.sin(pi * t / 2))
+    if name == "linear_vp":
+        return t, np.sqrt(1 - t * t), np.ones_like(t), -t / np.sqrt(1 - t * t)
+    if name == "vp":  # Song et al.: beta(tau) = b0 + tau (b1 - b0) in diffusion time tau = 1 - t
+        b0, b1, tau = 0.1, 20.0, 1 - t
+        log_alpha = -0.5 * (b0 * tau + 0.5 * (b1 - b0) * tau**2)  # -1/2 int_0^tau beta
+        alpha = np.exp(log_alpha)
+        d_alpha = 0.5 * (b0 + tau * (b1 - b0)) * alpha  # d/dt = -d/dtau
+        sigma = np.sqrt(1 - alpha**2)
+        return alpha, sigma, d_alpha, -alpha * d_alpha / sigma  # alpha^2 + sigma^2 = 1
+    if name == "polynomial":  # default n = 2
+        return t**2, 1 - t**2, 2 * t, -2 * t
+    raise AssertionError(f"no closed form written for {name!r}")
+
+
+def test_closed_forms_written_here_have_the_right_derivatives():
+    """The derivatives above against central differences of the values above."""
+    t, h = np.linspace(0.05, 0.95, 19), 1e-6
     for name in SCHEDULERS:
-        xt, ut = AffinePath(make_scheduler(name)).sample(ref["x0"], ref["x1"], ref["t"])
-        assert np.max(np.abs(xt - ref[f"{name}_xt"])) < 1e-14
-        assert np.max(np.abs(ut - ref[f"{name}_ut"])) < 1e-12 * np.max(np.abs(ut))
+        up, down, here = _closed_form(name, t + h), _closed_form(name, t - h), _closed_form(name, t)
+        for k in (0, 1):
+            fd = (up[k] - down[k]) / (2 * h)
+            np.testing.assert_allclose(here[k + 2], fd, rtol=1e-7, atol=1e-8, err_msg=name)
+
+
+@pytest.mark.parametrize("name", ["condot", "sigma_min_ot", "cosine", "linear_vp", "vp",
+                                  "polynomial"])
+def test_reference_path_values_are_the_closed_forms(name):
+    ref = load_reference("path")
+    x0, x1, t = ref["x0"], ref["x1"], ref["t"]
+    a, s, da, ds = (c[:, None] for c in _closed_form(name, t))  # each (B, 1)
+    xt, ut = a * x1 + s * x0, da * x1 + ds * x0  # (B, D)
+    coef = np.stack([c[:, 0] for c in (a, s, da, ds)], axis=1)  # (B, 4)
+    np.testing.assert_allclose(ref[f"{name}_coefficients"], coef, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(ref[f"{name}_xt"], xt, rtol=0, atol=1e-13 * np.abs(xt).max())
+    np.testing.assert_allclose(ref[f"{name}_ut"], ut, rtol=0, atol=1e-12 * np.abs(ut).max())
+    xt_code, ut_code = AffinePath(make_scheduler(name)).sample(x0, x1, t)
+    np.testing.assert_allclose(xt_code, xt, rtol=0, atol=1e-13 * np.abs(xt).max())
+    np.testing.assert_allclose(ut_code, ut, rtol=0, atol=1e-12 * np.abs(ut).max())
 
 
 def test_reference_files_are_package_data():
