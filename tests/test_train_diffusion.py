@@ -237,7 +237,19 @@ def test_ddim_return_all_gives_every_state_in_both_packages():
     assert states.shape == (5, 5, 2)
     np.testing.assert_array_equal(states[0], x_T)
     np.testing.assert_array_equal(states[-1], ddim_numpy(net_numpy, x_T, DDPM.numpy(), 4, "v"))
-    np.testing.assert_array_equal(states[2], ddim_numpy(net_numpy, x_T, DDPM.numpy(), 4, "v",
-                                                        return_all=True)[2])
+    # Every state is one DDIM step (eta = 0, v-prediction, Song et al. 2021; Salimans & Ho
+    # 2022 for v) from the one before, written out here: x1_hat = sqrt(abar) x - sqrt(1-abar)
+    # v, eps_hat = sqrt(1-abar) x + sqrt(abar) v, x_next = sqrt(abar') x1_hat +
+    # sqrt(1-abar') eps_hat, on the sub-grid 999, 666, 333, 0 and abar' = 1 after step 0.
+    abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))  # Ho et al.'s linear betas
+    grid = [999, 666, 333, 0]
+    for k, step in enumerate(grid):
+        a, b = np.sqrt(abar[step]), np.sqrt(1 - abar[step])
+        a_next = np.sqrt(abar[grid[k + 1]]) if k + 1 < len(grid) else 1.0
+        b_next = np.sqrt(1 - a_next**2)
+        v = net_numpy(states[k], np.full(5, float(step)))  # (B, 2)
+        x1_hat, eps_hat = a * states[k] - b * v, b * states[k] + a * v
+        np.testing.assert_allclose(states[k + 1], a_next * x1_hat + b_next * eps_hat,
+                                   rtol=1e-12, atol=1e-12, err_msg=f"state {k + 1}")
     states_torch = ddim_sample(net_torch, torch.from_numpy(x_T), DDPM, 4, "v", return_all=True)
     np.testing.assert_allclose(states_torch.numpy(), states, rtol=1e-10, atol=1e-10)
