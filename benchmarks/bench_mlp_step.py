@@ -20,23 +20,21 @@ ensure_packages: pip --no-deps into runs/bench/site); without it its rows say so
     python -m benchmarks.bench_mlp_step [--quick]
 """
 
-import os
 import time
 
 import numpy as np
 
-from benchmarks.common import announce_plot, plot_path, run_from_command_line, save_figure
+from benchmarks.common import (
+    announce_plot,
+    blas_threads,
+    plot_path,
+    run_from_command_line,
+    save_figure,
+)
 
 MARKDOWN = True
 DIM, LR = 2, 1e-3
 SIZES = {"bench": (256, 3, 512), "notebook": (512, 4, 4096)}  # hidden, depth, batch
-
-
-def _blas_threads():
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
-        if os.environ.get(var):
-            return int(os.environ[var])
-    return os.cpu_count() or 1
 
 
 def numpy_stepper(hidden, depth, fast=True):
@@ -218,7 +216,7 @@ def main(quick=False, out_dir=None):
     from benchmarks.bench_libraries import ensure_packages
 
     notes = ensure_packages()
-    threads = _blas_threads()
+    threads = blas_threads()  # what the BLAS runs on: torch gets as many
     torch.set_num_threads(threads)
     plan = {"bench": (4, 5), "notebook": (3, 2)} if quick else {"bench": (20, 20),
                                                                  "notebook": (15, 3)}

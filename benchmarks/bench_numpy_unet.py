@@ -10,12 +10,13 @@ each count's time to one thread's (median of the per-repetition ratios).
     python -m benchmarks.bench_numpy_unet [--quick]
 """
 
+import functools
 import os
 import statistics
-import time
 
 import numpy as np
 
+from benchmarks.common import blas_threads, interleaved
 from fm_numpy.models.convnet import ConvUNet
 from fm_numpy.models.threads import ThreadedModel
 from fm_numpy.optim import Adam
@@ -46,17 +47,9 @@ def bench(threads_list, batch=32, chunk=100, reps=7):
     def evaluate(net):
         net.forward(xs, ts, ys)
 
-    times = {(k, what): [] for k in threads_list for what in ("train", "eval")}
-    for net in nets.values():  # warm-up: buffers, thread pools
-        train_step(net)
-        evaluate(net)
-    for _ in range(reps):
-        for what, fn in (("train", train_step), ("eval", evaluate)):
-            for k, net in nets.items():
-                start = time.perf_counter()
-                fn(net)
-                times[(k, what)].append(time.perf_counter() - start)
-    return times, model.num_parameters
+    fns = {(k, what): functools.partial(fn, net) for what, fn in
+           (("train", train_step), ("eval", evaluate)) for k, net in nets.items()}
+    return interleaved(fns, reps), model.num_parameters  # warm-up: buffers, thread pools
 
 
 def main(quick=False):
@@ -64,7 +57,7 @@ def main(quick=False):
     threads_list = sorted({1, 2, min(4, cores)})
     times, params = bench(threads_list, reps=3 if quick else 7)
     print(f"fm_numpy ConvUNet 16-32-32 ({params:,} parameters), float32, {cores} usable cores, "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; median of "
+          f"BLAS threads outside the slices {blas_threads()}; median of "
           f"{len(times[(1, 'train')])} interleaved repetitions.")
     print()
     print("| threads | train step ms (batch 32) | train img/s | vs 1 thread | "

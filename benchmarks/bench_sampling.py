@@ -16,33 +16,16 @@ ensure_packages). Threads: the BLAS thread count for both frameworks.
     python -m benchmarks.bench_sampling [--quick]
 """
 
-import os
-import time
 
 import numpy as np
 
-from benchmarks.common import run_from_command_line
+from benchmarks.common import blas_threads, interleaved, run_from_command_line
 
 MARKDOWN = True
 
 
-def _threads():
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
-        if os.environ.get(var):
-            return int(os.environ[var])
-    return os.cpu_count() or 1
-
-
 def _interleave(fns, reps):
-    times = {k: [] for k in fns}
-    for f in fns.values():
-        f()  # warm-up
-    for r in range(reps):
-        for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
-            start = time.perf_counter()
-            fns[k]()
-            times[k].append(time.perf_counter() - start)
-    return {k: np.array(v) for k, v in times.items()}
+    return {k: np.array(v) for k, v in interleaved(fns, reps).items()}
 
 
 def overhead_rows(batch, reps, notes):
@@ -127,7 +110,7 @@ def main(quick=False, out_dir=None):
     from benchmarks.bench_libraries import ensure_packages
 
     notes = ensure_packages()
-    threads = _threads()
+    threads = blas_threads()  # what the BLAS runs on: torch gets as many
     torch.set_num_threads(threads)
     reps, n = (3, 4096) if quick else (15, 50_000)
     lines = [f"Sampling, float32, {threads} thread(s), interleaved repetitions in one process "

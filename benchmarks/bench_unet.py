@@ -9,10 +9,10 @@ timings after a warm-up, for the demo's width (16) and the default width (32).
 """
 
 import statistics
-import time
 
 import torch
 
+from benchmarks.common import interleaved
 from fm_torch.models.unet import UNet
 from fm_torch.paths import AffinePath
 from fm_torch.train import flow_matching_loss
@@ -21,13 +21,7 @@ CONFIGS = [dict(base=16, mults=(1, 2, 2)), dict(base=32, mults=(1, 2, 2))]
 
 
 def _median_seconds(fn, reps):
-    fn()  # warm-up
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(interleaved({"fn": fn}, reps)["fn"])
 
 
 def bench(config, batch=64, n_sample=100, reps=5):

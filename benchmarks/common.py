@@ -1,7 +1,9 @@
-"""What the benchmark scripts share: where plots go, how they are saved and announced."""
+"""What the benchmark scripts share: where plots go, how they are saved and announced, how
+candidates are timed against each other, and how many BLAS threads they ran on."""
 
 import argparse
 import os
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMG_DIR = os.path.join(ROOT, "docs", "img")  # full runs: the plots docs/benchmarks.md shows
@@ -22,6 +24,40 @@ def save_figure(fig, path):
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+def interleaved(fns, reps, warmup=1):
+    """Seconds per call of each candidate, {name: [reps floats]}.
+
+    Each repetition calls every candidate once, in the listed order on even repetitions and
+    reversed on odd ones, so a load that comes and goes on a shared machine falls on all of
+    them alike (timing one candidate after another would give it to whichever ran then).
+    `warmup` untimed calls of each first (buffers, allocator, thread pools)."""
+    times = {name: [] for name in fns}
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    for r in range(reps):
+        for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+            start = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def blas_threads():
+    """Threads of the BLAS numpy loaded, as the library itself reports them (threadpoolctl's
+    threadpool_info; environment variables do not say what it chose), so torch can be set to
+    the same count. Without threadpoolctl: the usable cores, OpenBLAS's own default."""
+    import numpy  # noqa: F401  (load its BLAS before asking)
+
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
+    counts = [d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"]
+    return max(counts, default=1)
 
 
 def announce_plot(path, quick, caption):
