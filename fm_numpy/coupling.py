@@ -21,6 +21,10 @@ squared Euclidean distance of the flattened samples,
   replacement, so both data and noise repeat (about 63% distinct pairs at small eps);
   here the data are never repeated or dropped, which keeps the x1 marginal of a batch
   exact, and as eps -> 0 the column conditionals become the OT permutation's one-hots.
+
+The training loop (fm_numpy/loop.py) takes a coupling object: `coupling(x0, x1, y, draws)
+-> perm` (B,), with draws a fm_numpy.draws.Draws; Sinkhorn asks it for
+`draws.uniform("couple_u", (B,), float64)`, the uniforms `couple` draws from a Generator.
 """
 
 import numpy as np
@@ -28,7 +32,8 @@ from scipy.optimize import linear_sum_assignment
 from scipy.special import logsumexp
 
 __all__ = ["COUPLINGS", "pair_cost", "assignment", "ot_class_assignment", "sinkhorn_plan",
-           "draw_from_plan", "sinkhorn_coupling", "couple"]
+           "draw_from_plan", "sinkhorn_coupling", "couple", "Independent", "OT", "OTClass",
+           "Sinkhorn", "make_coupling"]
 
 COUPLINGS = ("independent", "ot", "ot-class", "sinkhorn")
 _CHECK_EVERY = 10  # Sinkhorn rounds between convergence checks
@@ -156,3 +161,55 @@ def couple(name, x0, x1, y=None, rng=None, block=None, eps=0.05):
     if name == "sinkhorn":
         return sinkhorn_coupling(x0, x1, rng.random(len(x1)), block, eps)
     raise ValueError(f"unknown coupling {name!r}; choose one of {', '.join(COUPLINGS)}")
+
+
+class Independent:
+    """perm = identity: the batch is already an independent draw."""
+
+    name = "independent"
+
+    def __call__(self, x0, x1, y, draws):
+        return np.arange(len(x1))
+
+
+class OT:
+    """The exact minibatch OT permutation (blocks of at most `block` pairs)."""
+
+    name = "ot"
+
+    def __init__(self, block=None):
+        self.block = block
+
+    def __call__(self, x0, x1, y, draws):
+        return assignment(x0, x1, self.block)
+
+
+class OTClass(OT):
+    """The OT permutation inside each class (falls back to OT without labels)."""
+
+    name = "ot-class"
+
+    def __call__(self, x0, x1, y, draws):
+        return ot_class_assignment(x0, x1, y, self.block)
+
+
+class Sinkhorn:
+    """One x0 per x1 from the entropic plan; u_j = draws.uniform("couple_u", (B,), float64)."""
+
+    name = "sinkhorn"
+
+    def __init__(self, block=None, eps=0.05):
+        self.block, self.eps = block, eps
+
+    def __call__(self, x0, x1, y, draws):
+        u = draws.uniform("couple_u", (len(x1),), np.float64)  # (B,)
+        return sinkhorn_coupling(x0, x1, u, self.block, self.eps)
+
+
+def make_coupling(name, block=None):
+    """The coupling object of a name in COUPLINGS."""
+    kinds = {"independent": lambda: Independent(), "ot": lambda: OT(block),
+             "ot-class": lambda: OTClass(block), "sinkhorn": lambda: Sinkhorn(block)}
+    if name not in kinds:
+        raise ValueError(f"unknown coupling {name!r}; choose one of {', '.join(COUPLINGS)}")
+    return kinds[name]()

@@ -22,7 +22,9 @@ With r = t the target is v and L (at norm_p = 0) is the flow-matching loss.
 
 import numpy as np
 
-__all__ = ["MEANFLOW_DEFAULTS", "sample_r_t", "meanflow_loss", "sample"]
+from fm_numpy.draws import RngDraws
+
+__all__ = ["MEANFLOW_DEFAULTS", "sample_r_t", "draw_r_t", "meanflow_loss", "sample"]
 
 # fraction of pairs with r != t, logit-normal (mean, std) of both times, adaptive weight
 MEANFLOW_DEFAULTS = {"ratio": 0.25, "mu": 0.4, "sigma": 1.0, "norm_p": 1.0, "norm_eps": 1e-3}
@@ -33,17 +35,23 @@ def _sigmoid(a):
 
 
 def sample_r_t(rng, B, ratio=0.25, mu=0.4, sigma=1.0, dtype=np.float32):
+    """(r, t) of draw_r_t from a numpy Generator rng (or a seed)."""
+    return draw_r_t(RngDraws(rng), B, ratio, mu, sigma, dtype)
+
+
+def draw_r_t(draws, B, ratio=0.25, mu=0.4, sigma=1.0, dtype=np.float32):
     """(r, t) (B,) each: two logit-normal(mu, sigma) times sorted (r <= t); then t = r except
-    for a fraction `ratio` of the samples.
+    for a fraction `ratio` of the samples. draws: a fm_numpy.draws.Draws.
 
     The paper draws logit-normal(-0.4, 1) in its time (t' = 1 - t) and sets r' = t'
     (keeping its noisier end) for 75% of samples; logit(1 - t) = -logit(t), so in ours the
     draws are logit-normal(+0.4, 1) and the kept end is the noisier one, r.
-    Draw order: standard normals (2, B), then uniforms (B,).
+    Draw order: standard normals "mf_z" (2, B), then uniforms "mf_keep" (B,), both float64.
     """
-    s = _sigmoid(mu + sigma * rng.standard_normal((2, B)))  # (2, B) in (0, 1)
+    z = draws.normal("mf_z", (2, B), np.float64)  # (2, B)
+    s = _sigmoid(mu + sigma * z)  # (2, B) in (0, 1)
     r, t = np.minimum(s[0], s[1]), np.maximum(s[0], s[1])  # (B,) each
-    keep = rng.random(B) < ratio  # (B,) pairs with r != t
+    keep = draws.uniform("mf_keep", (B,), np.float64) < ratio  # (B,) pairs with r != t
     t = np.where(keep, t, r)
     return r.astype(dtype), t.astype(dtype)
 

@@ -12,13 +12,22 @@ and applies it through the optimizer's param_groups.
 Time sampling, t in [0, 1] per sample:
     uniform        t = U, U ~ U[0, 1)      (rng.random: the stream older runs drew)
     logit-normal   t = 1 / (1 + exp(-(m + s z))), z ~ N(0, 1)   (Esser et al. 2024, SD3)
+    fixed          t = c (distillation: c = 0), after the base sampler's draw (the stream of
+                   older runs, which drew t and then zeroed it)
+The training loop's samplers (Uniform, LogitNormal, Fixed) take a Draws object
+(fm_numpy/draws.py): `times.sample(draws, B, dtype) -> t (B,)`, with the draw names "t" and
+"t_z". TimeSampler keeps the older `sample(B, rng, dtype)` for fm_torch and the tests.
+
+Recipe(lr_at, times, ema_decay, weight_decay, max_grad_norm, label_dropout) bundles what the
+loop (fm_numpy/loop.py) needs of a recipe besides the network, data and objective.
 """
 
 import math
 
 import numpy as np
 
-__all__ = ["LR_SCHEDULES", "TIME_SAMPLINGS", "LRSchedule", "TimeSampler", "logit_normal"]
+__all__ = ["LR_SCHEDULES", "TIME_SAMPLINGS", "LRSchedule", "TimeSampler", "logit_normal",
+           "Uniform", "LogitNormal", "Fixed", "Recipe", "make_times"]
 
 LR_SCHEDULES = ("constant", "cosine", "linear")
 TIME_SAMPLINGS = ("uniform", "logit-normal")
@@ -72,6 +81,72 @@ class TimeSampler:
             return rng.random(B, dtype=dtype)  # (B,)
         z = rng.standard_normal(B, dtype=dtype)  # (B,)
         return logit_normal(z, self.mean, self.std).astype(dtype)  # (B,)
+
+
+class Uniform:
+    """t ~ U[0, 1): draws.uniform("t", (B,), dtype), i.e. rng.random(B, dtype=dtype)."""
+
+    name = "uniform"
+
+    def sample(self, draws, B, dtype=np.float32):
+        return draws.uniform("t", (B,), dtype)  # (B,)
+
+
+class LogitNormal:
+    """t = sigmoid(mean + std z), z ~ N(0, 1): draws.normal("t_z", (B,), dtype)."""
+
+    name = "logit-normal"
+
+    def __init__(self, mean=0.0, std=1.0):
+        TimeSampler("logit-normal", mean, std)  # the same checks
+        self.mean, self.std = float(mean), float(std)
+
+    def sample(self, draws, B, dtype=np.float32):
+        z = draws.normal("t_z", (B,), dtype)  # (B,)
+        return logit_normal(z, self.mean, self.std).astype(dtype)  # (B,)
+
+
+class Fixed:
+    """t = value for every sample. With `base`, base's draw is made first and discarded, so
+    the random stream is that of a run that sampled t and then fixed it (distill runs)."""
+
+    name = "fixed"
+
+    def __init__(self, value=0.0, base=None):
+        self.value, self.base = float(value), base
+
+    def sample(self, draws, B, dtype=np.float32):
+        if self.base is not None:
+            self.base.sample(draws, B, dtype)  # keeps the stream; the values are unused
+        return np.full(B, self.value, dtype=dtype)  # (B,)
+
+
+class Recipe:
+    """What the loop needs besides net, data and objective: eta_n = lr_at(n), the time
+    sampler, the EMA decay, Adam's decoupled weight decay and gradient clipping, and the
+    label dropout p (y -> the null class num_classes with probability p)."""
+
+    def __init__(self, lr_at, times=None, ema_decay=0.0, weight_decay=0.0, max_grad_norm=None,
+                 label_dropout=0.0):
+        if not callable(lr_at):  # a plain number: a constant rate
+            lr = float(lr_at)
+            lr_at = LRSchedule("constant", lr, 1)
+        if not 0 <= label_dropout < 1:
+            raise ValueError(f"label_dropout must lie in [0, 1), got {label_dropout}")
+        if not 0 <= ema_decay < 1:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay}")
+        self.lr_at, self.times = lr_at, Uniform() if times is None else times
+        self.ema_decay, self.weight_decay = float(ema_decay), float(weight_decay)
+        self.max_grad_norm, self.label_dropout = max_grad_norm, float(label_dropout)
+
+
+def make_times(config):
+    """The loop's time sampler of a training config (Fixed(0) over it when distilling)."""
+    if config["time_sampling"] == "uniform":
+        times = Uniform()
+    else:
+        times = LogitNormal(config["time_mean"], config["time_std"])
+    return Fixed(0.0, base=times) if config.get("distill") else times
 
 
 # Training settings of the recipe (keys of both train.DEFAULTS), and the values that give
