@@ -22,6 +22,7 @@ from fm_numpy.models import load_model
 from fm_numpy.models.convnet import ConvUNet as NumpyConvUNet
 from fm_numpy.models.mlp import MLP as NumpyMLP
 from fm_numpy.models.resmlp import ResMLP as NumpyResMLP
+from fm_numpy.models.sizing import image_shape
 from fm_numpy.optim import Adam
 from fm_torch.models.convnet import ConvUNet as TorchConvUNet
 from fm_torch.models.convnet import conv3x3 as torch_conv3x3
@@ -30,6 +31,9 @@ ARCHS = [
     {"dim": 36, "hidden": 4, "depth": 2, "time_features": 4, "num_classes": 3},
     {"dim": 64, "hidden": 2, "depth": 3, "time_features": 2, "num_classes": None},
     {"dim": 64, "hidden": 16, "depth": 3, "time_features": 8, "num_classes": 10},
+    # 3 channels of an odd size: padded to 8 x 12 inside, cropped back (both packages)
+    {"channels": 3, "height": 7, "width": 9, "hidden": 4, "depth": 3, "time_features": 4,
+     "num_classes": 2},
 ]
 RTOL64 = 1e-10
 
@@ -43,13 +47,20 @@ def _perturbed(arch, seed, dtype=np.float64):
     return model
 
 
+def _dim(arch):
+    C, H, W = image_shape(arch.get("dim"), arch.get("channels", 1), arch.get("height"),
+                          arch.get("width"))
+    return C * H * W
+
+
 def _batch(arch, seed, B=3, labels=True):
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((B, arch["dim"]))
+    dim = _dim(arch)
+    x = rng.standard_normal((B, dim))
     t = rng.uniform(0, 1, B)
     t[0] = 0.0
     t[-1] = 1.0
-    target = rng.standard_normal((B, arch["dim"]))
+    target = rng.standard_normal((B, dim))
     y = None
     if arch["num_classes"] and labels:
         y = rng.integers(0, arch["num_classes"] + 1, B)  # num_classes = the null class
@@ -112,9 +123,14 @@ def test_each_layer_and_its_backward_agree_with_torch():
         _assert_close(bwd(dout), nhwc(xt.grad), f"{fwd.__name__} backward")
 
 
-def test_backward_matches_finite_differences():
+@pytest.mark.parametrize("arch", [
+    {"dim": 36, "hidden": 2, "depth": 2, "time_features": 2, "num_classes": 2},
+    # 3 channels, 7 x 9 padded to 8 x 10: the pad, crop and channel transposes
+    {"channels": 3, "height": 7, "width": 9, "hidden": 2, "depth": 2, "time_features": 2,
+     "num_classes": 2},
+])
+def test_backward_matches_finite_differences(arch):
     # small enough for 2 x 1.2k forward passes; torch's autograd checks the larger ARCHS
-    arch = {"dim": 36, "hidden": 2, "depth": 2, "time_features": 2, "num_classes": 2}
     model = _perturbed(arch, seed=1)
     x, t, y, w = _batch(arch, seed=2, B=2)
 
@@ -232,7 +248,7 @@ def test_files_of_another_architecture_are_refused(tmp_path):
     with pytest.raises(ValueError, match="not an MLP configuration"):
         NumpyMLP.from_npz(tmp_path / "conv.npz")
     assert isinstance(load_model(tmp_path / "conv.npz"), NumpyConvUNet)
-    with pytest.raises(ValueError, match="dim must be a square"):
+    with pytest.raises(ValueError, match=r"dim must be channels \* S\^2"):
         NumpyConvUNet(2)
 
 

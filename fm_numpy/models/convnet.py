@@ -1,15 +1,24 @@
 """A small convolutional U-Net v_theta(x, t, y) in NumPy, with a handwritten backward pass.
 
-Images are square, one channel, side S = sqrt(dim), held channels-last (B, S, S, C).
-Widths w_i = hidden * MULTS[i] at sides S / 2^i, i = 0..depth-1 (MNIST, depth 3: 28, 14, 7).
-Layers are those of fm_numpy/models/conv.py; the torch twin is fm_torch/models/convnet.py.
+Images of C channels, H x W pixels, flat (B, C H W) outside (channel-major, as the data
+sources give them), held channels-last (B, H, W, C) inside. Widths w_i = hidden * MULTS[i]
+at sizes (H', W') / 2^i, i = 0..depth-1 (MNIST, depth 3: 28, 14, 7), where (H', W') is
+(H, W) padded up to multiples of 2^(depth-1):
 
+    xp      = pad(x) with zeros, about evenly on both sides                     # (B, H', W', C)
     phi(t)  = [cos(1000 t freqs), sin(1000 t freqs)]                           # (B, T)
     emb     = silu(phi @ Wt1 + bt1) @ Wt2 + bt2  [+ E[y]],   se = silu(emb)     # (B, 4 hidden)
-    h       = conv3x3(x; conv_in)                                               # (B, S, S, w_0)
+    h       = conv3x3(xp; conv_in)                                              # (B, H', W', w_0)
     down:   for i = 0..depth-1:  h = block d{i}(h);  if i < depth-1: skip_i = h, h = pool(h)
     up:     for i = depth-2..0:  h = block u{i}(concat[upsample(h), skip_i])
-    v       = conv3x3(silu(GN(h; out)); conv_out)                               # (B, S, S, 1)
+    v       = crop(conv3x3(silu(GN(h; out)); conv_out))                         # (B, H, W, C)
+
+Why pad and crop rather than fewer levels for sizes that do not halve evenly: the network
+keeps the depth (and receptive field) it was built with at every size, odd sizes such as
+7 x 9 included, and sizes that divide (28 x 28 at depth 3, 8 x 8, 32 x 32) are not padded
+at all, so their outputs are those of the unpadded network. A zero pad is the mean of the
+noise x0 and of centred data; the padded pixels never reach the loss (cropped away), so
+their gradient is simply not there: backward zero-pads dv.
 
 A residual block k, input x (c_in channels) -> c_out channels:
 
@@ -20,7 +29,8 @@ A residual block k, input x (c_in channels) -> c_out channels:
 k_conv2 and conv_out start at zero: every block starts as its skip path and v as 0.
 The embedding is added after the block's second GroupNorm, as a per-sample shift: added
 before it (as in fm_torch/models/unet.py) a per-channel constant is largely removed again
-by the normalisation (entirely when a group holds one channel).
+by the normalisation (entirely when a group holds one channel). Layers are those of
+fm_numpy/models/conv.py; the torch twin is fm_torch/models/convnet.py.
 """
 
 import numpy as np
@@ -29,6 +39,7 @@ from fm_numpy.models import conv as L
 from fm_numpy.models.files import NpzFile
 from fm_numpy.models.files import config_dtype as _config_dtype
 from fm_numpy.models.inputs import check_t
+from fm_numpy.models.sizing import image_shape, padding, upgrade_config
 
 __all__ = ["ConvUNet", "MULTS", "block_layout"]
 
@@ -60,36 +71,36 @@ class ConvUNet(NpzFile):
     uniform in +-1/sqrt(fan_in), k_conv2 and conv_out zero, GN g = 1, b = 0, E standard normal.
     """
 
-    ARCH, NAME, FILE_DEFAULTS = ARCH, "a ConvUNet", None  # NpzFile
+    ARCH, NAME = ARCH, "a ConvUNet"  # NpzFile
+    FILE_DEFAULTS = staticmethod(upgrade_config)  # old files: a square dim, one channel
 
-    def __init__(self, dim, hidden=16, depth=3, time_features=32, num_classes=None, seed=0,
-                 dtype=np.float32, arch=ARCH):
+    def __init__(self, dim=None, hidden=16, depth=3, time_features=32, num_classes=None, seed=0,
+                 dtype=np.float32, arch=ARCH, channels=1, height=None, width=None):
         if arch != ARCH:
             raise ValueError(f"arch must be {ARCH!r}, got {arch!r}")
-        for name, value, low in (("dim", dim, 1), ("hidden", hidden, 1), ("depth", depth, 1),
+        for name, value, low in (("hidden", hidden, 1), ("depth", depth, 1),
                                  ("time_features", time_features, 2)):
             if int(value) != value or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value}")
         if int(depth) > len(MULTS):
             raise ValueError(f"depth must be at most {len(MULTS)}, got {depth}")
-        side = int(round(np.sqrt(dim)))
-        if side * side != dim or side % 2 ** (int(depth) - 1):
-            raise ValueError(f"dim must be a square S^2 with S divisible by 2^(depth-1) = "
-                             f"{2 ** (int(depth) - 1)}, got dim={dim}")
         if time_features % 2:
             raise ValueError(f"time_features must be even, got {time_features}")
         if num_classes is not None and (int(num_classes) != num_classes or num_classes < 1):
             raise ValueError(f"num_classes must be a positive integer or None, got {num_classes}")
-        self.dim, self.side = int(dim), side
+        self.shape = image_shape(dim, channels, height, width)  # (C, H, W)
+        self.channels, self.height, self.width = self.shape
+        self.dim = self.channels * self.height * self.width
         self.hidden, self.depth = int(hidden), int(depth)
+        self.pad_h, self.pad_w = padding(self.height, self.depth), padding(self.width, self.depth)
         self.time_features = int(time_features)
         self.num_classes = None if num_classes is None else int(num_classes)
         self.seed = int(seed)
         self.dtype = np.dtype(_config_dtype(dtype))
         self.config = {
-            "arch": ARCH, "dim": self.dim, "hidden": self.hidden, "depth": self.depth,
-            "time_features": self.time_features, "num_classes": self.num_classes,
-            "seed": self.seed, "dtype": self.dtype.name,
+            "arch": ARCH, "channels": self.channels, "height": self.height, "width": self.width,
+            "hidden": self.hidden, "depth": self.depth, "time_features": self.time_features,
+            "num_classes": self.num_classes, "seed": self.seed, "dtype": self.dtype.name,
         }
         half = self.time_features // 2
         self.freqs = np.exp(-np.log(10000.0) * np.arange(half) / half).astype(self.dtype)  # (T/2,)
@@ -104,10 +115,10 @@ class ConvUNet(NpzFile):
             return rng.uniform(-bound, bound, shape).astype(dt)
 
         P = self.params = {}
-        T, w0 = self.time_features, self.hidden
+        T, w0, C = self.time_features, self.hidden, self.channels
         P["Wt1"], P["bt1"] = uniform(T, (T, E)), uniform(T, E)
         P["Wt2"], P["bt2"] = uniform(E, (E, E)), uniform(E, E)
-        P["conv_in_W"], P["conv_in_b"] = uniform(9, (9, w0)), uniform(9, w0)
+        P["conv_in_W"], P["conv_in_b"] = uniform(9 * C, (9 * C, w0)), uniform(9 * C, w0)
         for k, ci, co, _ in self.blocks:
             P[f"{k}_gn1_g"], P[f"{k}_gn1_b"] = np.ones(ci, dt), np.zeros(ci, dt)
             P[f"{k}_conv1_W"] = uniform(9 * ci, (9 * ci, co))
@@ -118,7 +129,7 @@ class ConvUNet(NpzFile):
             if ci != co:
                 P[f"{k}_Ws"], P[f"{k}_bs"] = uniform(ci, (ci, co)), uniform(ci, co)
         P["out_gn_g"], P["out_gn_b"] = np.ones(w0, dt), np.zeros(w0, dt)
-        P["conv_out_W"], P["conv_out_b"] = np.zeros((9 * w0, 1), dt), np.zeros(1, dt)
+        P["conv_out_W"], P["conv_out_b"] = np.zeros((9 * w0, C), dt), np.zeros(C, dt)
         if self.num_classes:
             P["E"] = rng.standard_normal((self.num_classes + 1, E)).astype(dt)
         self.grads = {k: np.zeros_like(p) for k, p in P.items()}
@@ -134,7 +145,7 @@ class ConvUNet(NpzFile):
 
     # ------------------------------------------------------------------ inputs
     def _inputs(self, x, t, y):
-        """x as (B, S, S, 1), phi(t) (B, T) and the label rows used (or None)."""
+        """x as padded images (B, H', W', C), phi(t) (B, T) and the label rows (or None)."""
         x = np.asarray(x, dtype=self.dtype)
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape (B, {self.dim}), got {x.shape}")
@@ -160,7 +171,18 @@ class ConvUNet(NpzFile):
                     raise ValueError(f"labels must lie in [0, {self.num_classes}] "
                                      f"({self.num_classes} = null class), got "
                                      f"{rows.min()}..{rows.max()}")
-        return x.reshape(B, self.side, self.side, 1), phi, rows
+        return self._pad(x.reshape(B, *self.shape).transpose(0, 2, 3, 1)), phi, rows
+
+    def _pad(self, img):
+        """(B, H, W, C) -> (B, H', W', C), zeros around; no copy when nothing is padded."""
+        if self.pad_h == self.pad_w == (0, 0):
+            return img
+        return np.pad(img, ((0, 0), self.pad_h, self.pad_w, (0, 0)))  # (B, H', W', C)
+
+    def _crop(self, img):
+        """(B, H', W', C) -> (B, H, W, C): the pixels of the unpadded image."""
+        (top, _), (left, _) = self.pad_h, self.pad_w
+        return img[:, top:top + self.height, left:left + self.width, :]  # (B, H, W, C)
 
     # ------------------------------------------------------------------ forward
     def _block(self, k, x, se):
@@ -186,7 +208,7 @@ class ConvUNet(NpzFile):
         Keeps what `backward` needs (until the next forward call); returns a new (B, dim).
         """
         P = self.params
-        img, phi, rows = self._inputs(x, t, y)  # (B, S, S, 1), (B, T)
+        img, phi, rows = self._inputs(x, t, y)  # (B, H', W', C), (B, T)
         B = img.shape[0]
         e1 = phi @ P["Wt1"] + P["bt1"]  # (B, E)
         u1, s1 = L.silu(e1)  # (B, E)
@@ -194,7 +216,7 @@ class ConvUNet(NpzFile):
         if self.num_classes:
             emb = emb + P["E"][rows]  # (B, E)
         se, sse = L.silu(emb)  # (B, E)
-        h, Pin = L.conv3x3(img, P["conv_in_W"], P["conv_in_b"])  # (B, S, S, w_0)
+        h, Pin = L.conv3x3(img, P["conv_in_W"], P["conv_in_b"])  # (B, H', W', w_0)
         caches, skips = [], []
         for k, _, _, level in self.blocks:
             if k[0] == "u":
@@ -206,10 +228,10 @@ class ConvUNet(NpzFile):
                 skips.append(h)
                 h = L.avg_pool2(h)  # (B, h/2, w/2, c)
         n, xh, r = L.group_norm(h, P["out_gn_g"], P["out_gn_b"], L.groups(h.shape[3]))
-        a, s = L.silu(n)  # (B, S, S, w_0)
-        v, Pout = L.conv3x3(a, P["conv_out_W"], P["conv_out_b"])  # (B, S, S, 1)
+        a, s = L.silu(n)  # (B, H', W', w_0)
+        v, Pout = L.conv3x3(a, P["conv_out_W"], P["conv_out_b"])  # (B, H', W', C)
         self._cache = (B, phi, rows, e1, u1, s1, emb, se, sse, Pin, caches, xh, r, a, s, Pout)
-        return v.reshape(B, self.dim)
+        return self._crop(v).transpose(0, 3, 1, 2).reshape(B, self.dim)  # (B, C H W)
 
     __call__ = forward
 
@@ -258,12 +280,12 @@ class ConvUNet(NpzFile):
         if dv.shape != (B, self.dim):
             raise ValueError(f"dv must have shape ({B}, {self.dim}), got {dv.shape}")
         P, G = self.params, self.grads
-        S = self.side
+        dv = self._pad(dv.reshape(B, *self.shape).transpose(0, 2, 3, 1))  # (B, H', W', C)
         da, G["conv_out_W"][...], G["conv_out_b"][...] = L.conv3x3_backward(
-            dv.reshape(B, S, S, 1), Pout, P["conv_out_W"])  # (B, S, S, w_0)
-        dn = L.silu_backward(da, a, s)  # (B, S, S, w_0)
+            dv, Pout, P["conv_out_W"])  # (B, H', W', w_0)
+        dn = L.silu_backward(da, a, s)  # (B, H', W', w_0)
         dh, G["out_gn_g"][...], G["out_gn_b"][...] = L.group_norm_backward(
-            dn, xh, r, P["out_gn_g"], L.groups(xh.shape[3]))  # (B, S, S, w_0)
+            dn, xh, r, P["out_gn_g"], L.groups(xh.shape[3]))  # (B, H', W', w_0)
         dse = np.zeros_like(se)  # (B, E)
         dskips = []
         for (k, _, _, level), cache in zip(reversed(self.blocks), reversed(caches),
@@ -276,7 +298,7 @@ class ConvUNet(NpzFile):
                 dskips.append(dh[..., c:])  # (B, h, w, w_level) to skip_level
                 dh = L.upsample2_backward(dh[..., :c])  # (B, h/2, w/2, c)
         dimg, G["conv_in_W"][...], G["conv_in_b"][...] = L.conv3x3_backward(
-            dh, Pin, P["conv_in_W"])  # (B, S, S, 1), unused
+            dh, Pin, P["conv_in_W"])  # (B, H', W', C), unused
         demb = L.silu_backward(dse, se, sse)  # (B, E)
         if self.num_classes:
             G["E"][...] = 0

@@ -56,7 +56,8 @@ MLP_FILE_DEFAULTS = {"time_scale": 1000.0}
 
 
 def read_config(arrays, path, defaults=None):
-    """The JSON "config" of a network .npz as a dict; `defaults` fill keys older files lack."""
+    """The JSON "config" of a network .npz as a dict; `defaults` fill keys older files lack
+    (a dict of values, or a function that maps an old config to today's)."""
     if "config" not in arrays:
         raise ValueError(f"{path} has no 'config' entry; it is not an MLP file")
     try:
@@ -65,6 +66,8 @@ def read_config(arrays, path, defaults=None):
         raise ValueError(f"{path}: config is not valid JSON ({e})") from None
     if not isinstance(config, dict):
         raise ValueError(f"{path}: config is not a JSON object")
+    if callable(defaults):  # a network whose old files need more than fixed values
+        return defaults(config)
     for key, value in (defaults or {}).items():
         config.setdefault(key, value)
     return config

@@ -7,7 +7,10 @@ W (9 C_in, C_out) seen as W^T reshaped to (C_out, C_in, 3, 3) (W's rows are in
 cross-check in tests/test_crosscheck_convnet.py compares two independent implementations;
 their float64 results agree to rounding (1e-10), float32 to float32 rounding. Initial
 weights are those of fm_numpy's ConvUNet with the same seed; weights move both ways
-through one .npz.
+through one .npz. Images of any (C, H, W): padded with zeros to sizes that halve evenly
+and cropped back, as fm_numpy's (fm_numpy/models/sizing.py says why). x may be flat,
+(B, C H W), as fm_numpy's networks take it, or images (B, C, H, W), as fm_torch's data
+sources give them; v comes back in the shape x came in.
 """
 
 import numpy as np
@@ -19,6 +22,7 @@ from fm_numpy.models.conv import GN_EPS, groups
 from fm_numpy.models.convnet import ARCH
 from fm_numpy.models.convnet import ConvUNet as NumpyConvUNet
 from fm_numpy.models.files import NpzFile
+from fm_numpy.models.sizing import upgrade_config
 from fm_torch.models.mlp import _dtype_name
 
 __all__ = ["ConvUNet", "conv3x3"]
@@ -33,16 +37,20 @@ def conv3x3(x, W, b):
 class ConvUNet(nn.Module, NpzFile):
     """v = ConvUNet(x, t, y) with the parameter names of fm_numpy.models.convnet.ConvUNet."""
 
-    ARCH, NAME, FILE_DEFAULTS = ARCH, "a ConvUNet", None  # NpzFile
+    ARCH, NAME = ARCH, "a ConvUNet"  # NpzFile
+    FILE_DEFAULTS = staticmethod(upgrade_config)  # old files: a square dim, one channel
     dtype_name = staticmethod(_dtype_name)
 
-    def __init__(self, dim, hidden=16, depth=3, time_features=32, num_classes=None, seed=0,
-                 dtype=torch.float32, arch=ARCH):
+    def __init__(self, dim=None, hidden=16, depth=3, time_features=32, num_classes=None, seed=0,
+                 dtype=torch.float32, arch=ARCH, channels=1, height=None, width=None):
         super().__init__()
         reference = NumpyConvUNet(dim, hidden, depth, time_features, num_classes, seed,
-                                  dtype=_dtype_name(dtype), arch=arch)
+                                  dtype=_dtype_name(dtype), arch=arch, channels=channels,
+                                  height=height, width=width)
         self.config = dict(reference.config)
-        self.dim, self.side = reference.dim, reference.side
+        self.dim, self.shape = reference.dim, reference.shape  # C H W, (C, H, W)
+        (top, bottom), (left, right) = reference.pad_h, reference.pad_w
+        self.pads = (left, right, top, bottom)  # F.pad's order: last axis first
         self.hidden, self.depth = reference.hidden, reference.depth
         self.time_features, self.num_classes = reference.time_features, reference.num_classes
         self.blocks = reference.blocks
@@ -73,10 +81,13 @@ class ConvUNet(nn.Module, NpzFile):
         return x + h2  # (B, c_out, h, w)
 
     def forward(self, x, t, y=None):
-        """v = ConvUNet(x, t, y): x (B, dim), t scalar or (B,), y None or ints (B,) (C = null)."""
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"x must have shape (B, {self.dim}), got {tuple(x.shape)}")
-        B = x.shape[0]
+        """v = ConvUNet(x, t, y): x (B, C H W) or (B, C, H, W), t scalar or (B,), y None or
+        ints (B,) (num_classes = null); v has the shape of x."""
+        if tuple(x.shape[1:]) not in ((self.dim,), self.shape):
+            C, H, W = self.shape
+            raise ValueError(f"x must have shape (B, {self.dim}) or (B, {C}, {H}, {W}), got "
+                             f"{tuple(x.shape)}")
+        B, shape_in = x.shape[0], x.shape
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
         if t.ndim == 0:
             t = t.expand(B)
@@ -100,7 +111,8 @@ class ConvUNet(nn.Module, NpzFile):
             raise ValueError("this ConvUNet is unconditional (num_classes=None) but labels "
                              "were given")
         se = F.silu(emb)  # (B, E)
-        h = conv3x3(x.reshape(B, 1, self.side, self.side), self.conv_in_W, self.conv_in_b)
+        img = F.pad(x.reshape(B, *self.shape), self.pads)  # (B, C, H', W') zeros around
+        h = conv3x3(img, self.conv_in_W, self.conv_in_b)  # (B, w_0, H', W')
         skips = []
         for k, _, _, level in self.blocks:
             if k[0] == "u":
@@ -111,8 +123,10 @@ class ConvUNet(nn.Module, NpzFile):
                 skips.append(h)
                 h = F.avg_pool2d(h, 2)  # (B, c, h/2, w/2)
         n = F.group_norm(h, groups(h.shape[1]), self.out_gn_g, self.out_gn_b, GN_EPS)
-        v = conv3x3(F.silu(n), self.conv_out_W, self.conv_out_b)  # (B, 1, S, S)
-        return v.reshape(B, self.dim)
+        v = conv3x3(F.silu(n), self.conv_out_W, self.conv_out_b)  # (B, C, H', W')
+        left, _, top, _ = self.pads
+        v = v[:, :, top:top + self.shape[1], left:left + self.shape[2]]  # (B, C, H, W) crop
+        return v.reshape(shape_in)
 
     def _arrays(self):  # NpzFile: save_npz, load_npz, from_npz
         return {k: p.detach().cpu().numpy() for k, p in self.named_parameters()}
