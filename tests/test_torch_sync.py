@@ -4,6 +4,7 @@ torch.compile paths run where this machine can run them (CPU)."""
 
 import csv
 import os
+import shutil
 
 import pytest
 import torch
@@ -71,24 +72,33 @@ def test_bf16_autocast_trains_on_cpu(tmp_path):
     assert [v for _, v, _ in fp32] != values[:2]  # and bf16 really changed the arithmetic
 
 
-def test_torch_compile_trains_on_cpu(tmp_path, monkeypatch):
-    if not hasattr(torch, "compile"):
-        pytest.skip("this torch has no torch.compile")
-    # aot_eager: dynamo's graph capture and AOT autograd, without inductor's C++ build
-    # (which takes over a minute here; benchmarks/gpu_check.sh times inductor on a GPU)
-    monkeypatch.setenv("FM_TORCH_COMPILE_CPU", "aot_eager")
+def _compiled_run_matches_eager(tmp_path, monkeypatch, backend):
+    """train(compile=True) with this CPU backend: dynamo captures a graph, the losses are
+    the eager run's (1e-4 relative: a fused graph may reorder float32 sums)."""
+    monkeypatch.setenv("FM_TORCH_COMPILE_CPU", backend)
     from torch._dynamo.utils import counters
 
+    torch._dynamo.reset()
     counters.clear()
-    try:
-        _, compiled = train(tmp_path / "c", progress=False, steps=3, ckpt_every=3,
-                            compile=True, **TOY)
-    except Exception as e:  # no C++ toolchain for inductor: say so rather than fail
-        if "compiler" in str(e).lower() or "cpp" in str(e).lower():
-            pytest.skip(f"torch.compile cannot build on this machine: {e}")
-        raise
+    _, compiled = train(tmp_path / "c", progress=False, steps=3, ckpt_every=3,
+                        compile=True, **TOY)
     assert counters["stats"]["unique_graphs"] >= 1  # dynamo really captured the model
     eager = train(tmp_path / "e", progress=False, steps=3, ckpt_every=3, **TOY)[1]
     for (_, a, _), (_, b, _) in zip(compiled, eager, strict=True):
         assert abs(a - b) <= 1e-4 * abs(b)  # the compiled graph computes the same loss
     assert os.path.exists(tmp_path / "c" / "ckpt.pt")
+
+
+def test_torch_compile_trains_on_cpu(tmp_path, monkeypatch):
+    # aot_eager: dynamo's graph capture and AOT autograd, without inductor's C++ build.
+    # It needs no compiler, so any error here is a dynamo/AOT failure and fails the test.
+    _compiled_run_matches_eager(tmp_path, monkeypatch, "aot_eager")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("cc") is None,
+                    reason="inductor's CPU backend builds C++: no g++ or cc on this machine")
+def test_torch_compile_inductor_trains_on_cpu(tmp_path, monkeypatch):
+    # inductor, the backend GPUs use (benchmarks/gpu_check.sh times it there), here through
+    # its C++ CPU code generator; the gate above is the environment, not a failure.
+    _compiled_run_matches_eager(tmp_path, monkeypatch, "inductor")
