@@ -28,6 +28,7 @@ from fm_torch.io import load_checkpoint, save_checkpoint
 from fm_torch.models.mlp import MLP as TorchMLP
 
 _DIR = tempfile.mkdtemp(prefix="fm-fuzz-")
+_TORCH_THREADS = torch.get_num_threads()  # the CLIs' --threads 1 must not outlive this file
 
 
 def _valid_files():
@@ -267,4 +268,4 @@ def test_cli_valid_runs_exit_0(tmp_path):
 
 def teardown_module():
     shutil.rmtree(_DIR, ignore_errors=True)
-    torch.set_num_threads(torch.get_num_threads())
+    torch.set_num_threads(_TORCH_THREADS)
