@@ -5,6 +5,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from scipy.optimize import linear_sum_assignment
 
 import fm_numpy.coupling as npc
 import fm_torch.coupling as thc
@@ -33,7 +34,13 @@ def test_ot_blocks_are_permutations_within_each_block():
     x0, x1 = rng.standard_normal((50, 2)), rng.standard_normal((50, 2))
     perm = npc.assignment(x0, x1, block=16)
     for j0 in range(0, 50, 16):
-        assert sorted(perm[j0:j0 + 16].tolist()) == list(range(j0, min(50, j0 + 16)))
+        j1 = min(50, j0 + 16)
+        assert sorted(perm[j0:j1].tolist()) == list(range(j0, j1))
+        # each block is exactly the optimal assignment of that block alone (SciPy's solver
+        # on the squared distances, x0 row i paired with x1 column j: perm[j] = i)
+        cost = ((x0[j0:j1, None, :] - x1[None, j0:j1, :]) ** 2).sum(-1)  # (b, b)
+        rows, cols = linear_sum_assignment(cost)
+        np.testing.assert_array_equal(perm[j0:j1], j0 + rows[np.argsort(cols)])
     assert _cost(x0, x1, perm) <= _cost(x0, x1, np.arange(50))
 
 

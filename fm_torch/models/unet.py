@@ -1,4 +1,4 @@
-"""A compact class-conditional U-Net velocity field v_theta(x, t, y) for 28x28 images.
+"""A compact class-conditional U-Net velocity field v_theta(x, t, y) for images of any size.
 
 Layout (base width C, channel multipliers m_i, R residual blocks a level):
   conv_in -> [R ResBlocks (C m_i), downsample] per level -> ResBlock, self-attention,
@@ -8,6 +8,10 @@ Conditioning: emb = MLP(phi(t)) + E[y], added inside every ResBlock, with
   phi(t) = [cos(1000 t freqs), sin(1000 t freqs)], freqs_k = exp(-log(10000) k / half)
   (the MLP's time features) and E a table of num_classes + 1 rows; row num_classes is
   the null class, used when y is None (classifier-free guidance).
+Any H x W: the input is padded with zeros, about evenly on both sides, up to multiples of
+  2^(levels - 1) and the output cropped back (as fm_numpy's ConvUNet; why in
+  fm_numpy/models/sizing.py), so the network is the same for every size and sizes that
+  halve evenly (28 x 28 at 3 levels, 32 x 32, 8 x 8) are not padded at all.
 mean_flow=True (MeanFlow's average velocity u(x, r, t), x at time r): emb = MLP(phi(r))
   + MLP'(phi(t - r)) + E[y], with a second time MLP of the same shape, both features at
   100 t freqs (fm_numpy.models.mlp.MEAN_FLOW_TIME_RATE); r=None means r = t.
@@ -20,6 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fm_numpy.models.mlp import MEAN_FLOW_TIME_RATE
+from fm_numpy.models.sizing import padding
 
 __all__ = ["UNet", "time_features"]
 
@@ -75,7 +80,7 @@ class SelfAttention(nn.Module):
 
 
 class UNet(nn.Module):
-    """Class-conditional U-Net v_theta(x, t, y) for (B, channels, 28, 28) images.
+    """Class-conditional U-Net v_theta(x, t, y) for (B, channels, H, W) images, any H, W.
 
     `base` is the width C, `mults` the channel multiplier per resolution (28, 14, 7, ...),
     `res_blocks` the residual blocks per level; `num_classes=None` builds an
@@ -196,20 +201,27 @@ class UNet(nn.Module):
         """v_theta(x, t, y): x (B, channels, H, W), t scalar or (B,), y (B,) ints or None.
 
         Mean-flow models: u(x, r, t), the average velocity over [r, t] (r=None: r = t)."""
-        if x.ndim != 4:
-            raise ValueError(f"x must have shape (B, C, H, W), got {tuple(x.shape)}")
+        if x.ndim != 4 or x.shape[1] != self.config["channels"]:
+            raise ValueError(f"x must have shape (B, {self.config['channels']}, H, W), got "
+                             f"{tuple(x.shape)}")
         emb = self.embed(t, y, x.shape[0], x.device, r).to(x.dtype)  # (B, 4C)
-        h = self.conv_in(x)  # (B, C, 28, 28)
+        H, W = x.shape[2], x.shape[3]
+        levels = len(self.down)
+        (top, bottom), (left, right) = padding(H, levels), padding(W, levels)
+        if top or bottom or left or right:
+            x = F.pad(x, (left, right, top, bottom))  # (B, channels, H', W') zeros around
+        h = self.conv_in(x)  # (B, C, H', W')
         skips = []
         for blocks, down in zip(self.down, self.downsample, strict=True):
             for block in blocks:
                 h = block(h, emb)
                 skips.append(h)
             h = down(h)
-        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)  # (B, C m_last, 7, 7)
+        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)  # (B, C m_last, H'/4, W'/4)
         for blocks, up in zip(self.up, self.upsample, strict=True):
             for block in blocks:
                 h = block(torch.cat([h, skips.pop()], dim=1), emb)
             if not isinstance(up, nn.Identity):
                 h = up(F.interpolate(h, scale_factor=2, mode="nearest"))
-        return self.conv_out(F.silu(self.norm_out(h)))  # (B, channels, 28, 28)
+        v = self.conv_out(F.silu(self.norm_out(h)))  # (B, channels, H', W')
+        return v[:, :, top:top + H, left:left + W]  # (B, channels, H, W) crop
