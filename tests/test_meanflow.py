@@ -196,3 +196,172 @@ def test_train_sample_takes_average_velocity_steps_for_euler(tmp_path):
             x_half = x + 0.25 * model(x, t0, None)
             x = x + 0.5 * model(x_half, t0 + 0.25, None)
     torch.testing.assert_close(mid, x, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------- the exact average velocity
+# Target N(m, diag(s^2)) in D = 3 dimensions, CondOT (x_t = t x1 + (1 - t) x0). The flow of
+# the marginal field is psi_t(x0) = t m + k(t) x0, k(t) = sqrt(t^2 s^2 + (1 - t)^2), so the
+# average velocity over [r, t] is u(z, r, t) = (psi_t(psi_r^{-1}(z)) - z) / (t - r)
+#   = (t m + (k(t) / k(r)) (z - r m) - z) / (t - r).
+M = np.array([1.5, -0.5, 0.25])
+S = np.array([0.5, 2.0, 1.0])
+
+
+def _k(t):
+    return np.sqrt(t * t * S * S + (1 - t) ** 2)  # (B, D) for t (B, 1)
+
+
+def _marginal_velocity(z, t):
+    """v(z, t) = E[x1 - x0 | x_t = z] by Gaussian conditioning (not from psi):
+    E[x1 | z] = m + t s^2 (z - t m) / k^2,  E[x0 | z] = (1 - t) (z - t m) / k^2."""
+    t = t[:, None]
+    return M + (t * S * S - (1 - t)) * (z - t * M) / (t * t * S * S + (1 - t) ** 2)
+
+
+class ExactAverageVelocity:
+    """The closed-form u(z, r, t) with the numpy MLP's forward/jvp interface (r < t)."""
+
+    def __call__(self, z, t, y=None, r=None):
+        return self.jvp(z, t, 0 * z, y, r=r)[0]
+
+    def jvp(self, z, t, dz, y=None, r=None, dr=0.0, dt=0.0):
+        r, t = np.asarray(r, float)[:, None], np.asarray(t, float)[:, None]  # (B, 1)
+        dr = np.broadcast_to(dr, r.shape[:1])[:, None]  # (B, 1)
+        dt = np.broadcast_to(dt, t.shape[:1])[:, None]  # (B, 1)
+        kr, kt = _k(r), _k(t)  # (B, D)
+        dkr, dkt = (r * S * S - (1 - r)) / kr, (t * S * S - (1 - t)) / kt  # k'(r), k'(t)
+        h = t - r  # (B, 1)
+        n = t * M + kt / kr * (z - r * M) - z  # (B, D) (t - r) u
+        u = n / h
+        du_dz = (kt / kr - 1) / h  # (B, D) diagonal Jacobian
+        du_dr = (-kt * dkr / kr**2 * (z - r * M) - kt / kr * M) / h + n / h**2
+        du_dt = (M + dkt / kr * (z - r * M)) / h - n / h**2
+        return u, du_dz * dz + du_dr * dr + du_dt * dt
+
+
+def _exact_batch():
+    rng = np.random.default_rng(31)
+    B = 6
+    r = rng.uniform(0.05, 0.6, B)
+    t = r + rng.uniform(0.1, 0.35, B)  # (B,) t - r >= 0.1
+    z = rng.standard_normal((B, 3)) * 1.5  # (B, D) points z_r
+    v = _marginal_velocity(z, r)  # (B, D) the marginal velocity at (z, r)
+    # the pair whose conditional velocity is the marginal one: r x1 + (1 - r) x0 = z,
+    # x1 - x0 = v (so the MeanFlow target meets the marginal field, not a noisy draw of it)
+    x1, x0 = z + (1 - r)[:, None] * v, z - r[:, None] * v
+    return x0, x1, z, v, r, t
+
+
+def test_exact_average_velocity_is_the_flow_of_the_marginal_field():
+    """The closed form above against the ODE dz/ds = v(z, s) integrated from r to t."""
+    from scipy.integrate import solve_ivp
+
+    _, _, z, _, r, t = _exact_batch()
+    u = ExactAverageVelocity()(z, t, r=r)
+    for b in range(len(z)):
+        sol = solve_ivp(lambda s, x: _marginal_velocity(x[None], np.array([s]))[0],
+                        (r[b], t[b]), z[b], method="DOP853", rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose((sol.y[:, -1] - z[b]) / (t[b] - r[b]), u[b], rtol=1e-10)
+
+
+def test_meanflow_target_is_the_exact_average_velocity_numpy():
+    """fm_numpy.meanflow_loss with the exact u as the network and the marginal velocity as v:
+    target = v + (t - r) (d_z u v + d_r u) must be u itself (the identity of docs/math.md
+    section 14.3, the '+' of our convention); with the opposite sign it is far off."""
+    x0, x1, z, v, r, t = _exact_batch()
+    model = ExactAverageVelocity()
+    u = model(z, t, r=r)
+    _, grad = npm.meanflow_loss(model, np_paths.AffinePath(), x0, x1, None, r, t, norm_p=0.0)
+    delta = grad * (grad.size / 2.0)  # dL/du = 2 delta / (B D) at weight 1
+    target = u - delta
+    np.testing.assert_allclose(target, u, rtol=0, atol=1e-10 * np.abs(u).max())
+    _, du = model.jvp(z, t, v, r=r, dr=1.0)
+    assert np.abs(v - (t - r)[:, None] * du - u).max() > 0.1  # the other sign: not the identity
+
+
+def test_meanflow_target_is_the_exact_average_velocity_torch():
+    """The same through fm_torch.meanflow_loss (torch.func.jvp of the closed form)."""
+    x0, x1, z, v, r, t = _exact_batch()
+    m, s = torch.from_numpy(M), torch.from_numpy(S)
+
+    def k(t):
+        return torch.sqrt(t * t * s * s + (1 - t) ** 2)
+
+    def exact(z, t, y=None, r=None):
+        r, t = r[:, None], t[:, None]
+        return (t * m + k(t) / k(r) * (z - r * m) - z) / (t - r)  # (B, D)
+
+    T = torch.from_numpy
+    L, mse = thm.meanflow_loss(exact, th_paths.AffinePath(), T(x1), None, T(x0), T(r), T(t),
+                               norm_p=0.0)
+    u = ExactAverageVelocity()(z, t, r=r)
+    assert float(mse) <= (1e-10 * np.abs(u).max()) ** 2
+    assert float(L) == float(mse)
+    # and the closed form in torch is the numpy one (so the 0 above is about the same u)
+    np.testing.assert_allclose(exact(T(z), T(t), r=T(r)).numpy(), u, rtol=1e-13)
+
+
+# ---------------------------------------------------------------- one time scale (finding 4)
+def _swap_time_rows(model, T):
+    """The same MLP with W0's rows of phi(time of x) and phi(t - r) exchanged."""
+    D = model.dim
+    W0 = model.params["W0"]
+    time_rows, interval_rows = W0[D:D + T].copy(), W0[-T:].copy()
+    W0[D:D + T], W0[-T:] = interval_rows, time_rows
+    return model
+
+
+@pytest.mark.parametrize("scale", [100.0, 1.0])
+def test_meanflow_mlp_runs_both_time_inputs_at_one_rate(scale, tmp_path):
+    """u(x, r, t) = f(W_time phi(r) + W_int phi(t - r)): with the two row blocks of W0
+    exchanged, the network at (r' = t - r, t) must give the same u, which holds only when
+    phi(r) and phi(t - r) are one function (one rate). Also the JVP in r and t against
+    differences at this scale, and the torch twin."""
+    rng = np.random.default_rng(4)
+    B, T = 5, 8
+    model = NumpyMLP(3, 16, 2, T, 4, seed=1, dtype=np.float64, mean_flow=True, time_scale=scale)
+    assert model.config["interval_scale"] == scale
+    x, y = rng.standard_normal((B, 3)), rng.integers(0, 5, B)
+    r = rng.uniform(0.1, 0.4, B)
+    t = r + rng.uniform(0.05, 0.5, B)
+    u = model(x, t, y, r=r)
+    model.save_npz(tmp_path / "m.npz")
+    swapped = _swap_time_rows(NumpyMLP.from_npz(tmp_path / "m.npz"), T)
+    np.testing.assert_allclose(swapped(x, t, y, r=t - r), u, rtol=1e-12, atol=1e-14)
+    th_model = TorchMLP.from_npz(tmp_path / "m.npz")
+    assert th_model.interval_scale == scale
+    with torch.no_grad():
+        th_u = th_model(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(y),
+                        r=torch.from_numpy(r)).numpy()
+    np.testing.assert_allclose(th_u, u, rtol=1e-12, atol=1e-14)
+    dr, dt, h = rng.standard_normal(B), rng.standard_normal(B), 1e-6
+    _, du = model.jvp(x, t, 0 * x, y, r=r, dr=dr, dt=dt)
+    fd = (model(x, t + h * dt, y, r=r + h * dr) - model(x, t - h * dt, y, r=r - h * dr)) / (2 * h)
+    np.testing.assert_allclose(du, fd, rtol=1e-6, atol=1e-7 * np.abs(fd).max())
+
+
+def test_meanflow_file_from_before_interval_scale_loads_at_1000(tmp_path):
+    """A mean-flow file written before the interval_scale key (config without it) ran
+    phi(t - r) at 1000 whatever its time_scale: both packages load it so."""
+    import json
+
+    from fm_numpy.io import load_npz, save_npz
+
+    model = NumpyMLP(2, 8, 2, 4, seed=0, dtype=np.float64, mean_flow=True, time_scale=100.0,
+                     interval_scale=1000.0)  # what the code before the key computed
+    model.save_npz(tmp_path / "new.npz")
+    arrays = load_npz(tmp_path / "new.npz")
+    config = json.loads(str(arrays["config"]))
+    del config["interval_scale"]  # as written before the key existed
+    save_npz(tmp_path / "old.npz", **{**arrays, "config": np.array(json.dumps(config))})
+    x = np.random.default_rng(0).standard_normal((3, 2))
+    old = NumpyMLP.from_npz(tmp_path / "old.npz")
+    assert old.interval_scale == 1000.0 and old.time_scale == 100.0
+    np.testing.assert_array_equal(old(x, 0.9, r=0.2), model(x, 0.9, r=0.2))
+    assert TorchMLP.from_npz(tmp_path / "old.npz").interval_scale == 1000.0
+    # a new model at time_scale 100 runs phi(t - r) at 100: not the old file's network
+    with pytest.raises(ValueError, match="interval_scale"):
+        NumpyMLP(2, 8, 2, 4, seed=0, dtype=np.float64, mean_flow=True,
+                 time_scale=100.0).load_npz(tmp_path / "old.npz")
+    with pytest.raises(ValueError, match="mean-flow models only"):
+        NumpyMLP(2, 8, 2, 4, interval_scale=10.0)

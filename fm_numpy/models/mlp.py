@@ -12,7 +12,9 @@ With mean_flow=True (MeanFlow, docs/math.md "Few-step generation") the network i
 average velocity u(x, r, t) of the flow through x at time r over [r, t]: phi(r) takes the
 place of phi(t) and h_0 gains the columns phi(t - r) after the label columns; r=None
 means r = t (then u = v, the instantaneous velocity). Its freqs are MEAN_FLOW_TIME_RATE
-times the above (100 t freqs).
+times the above (100 t freqs at s = 1000), and phi(t - r) runs at s_i = interval_scale,
+by default time_scale, so both time inputs run at one rate. (Files written before
+interval_scale existed ran phi(t - r) at 1000 whatever time_scale was; they load so.)
 
 `forward` keeps the activations in buffers preallocated per batch size, so `backward`
 can run the chain rule in reverse without recomputing anything; `jvp` and `divergence`
@@ -38,17 +40,27 @@ _MAX_CACHED_BATCH_SIZES = 4  # buffers kept for this many distinct batch sizes
 _DIVERGENCE_BUDGET = 1 << 22  # elements of one (B, chunk, H) tangent block in `divergence`
 
 
-def _phi(s, freqs):
-    """phi(s) = [cos(1000 s freqs), sin(1000 s freqs)] (B, T) for s (B,)."""
-    targ = (1000 * s)[:, None] * freqs  # (B, T/2)
+def _phi(s, freqs, scale):
+    """phi(s) = [cos(c s freqs), sin(c s freqs)] (B, T) for s (B,), c = scale."""
+    targ = (scale * s)[:, None] * freqs  # (B, T/2)
     return np.concatenate([np.cos(targ), np.sin(targ)], axis=1)
 
 
-def _dphi(targ, freqs, ds, scale=1000.0):
+def _dphi(targ, freqs, ds, scale):
     """Tangent of phi(s) for the tangent ds (B,) of s, targ = c s freqs (B, T/2), c = scale:
     d/ds cos(c s f) = -c f sin(c s f),  d/ds sin(c s f) = c f cos(c s f)."""
     rate = (scale * freqs)[None, :] * ds[:, None]  # (B, T/2)
     return np.concatenate([-np.sin(targ) * rate, np.cos(targ) * rate], axis=1)  # (B, T)
+
+
+def upgrade_file_config(config):
+    """An MLP file's config as today's constructor takes it: a key an older file lacks
+    gets the value that file was trained with (time_scale 1000; interval_scale 1000 for
+    a mean-flow file, which ran phi(t - r) at 1000 before the key existed)."""
+    config = {**MLP_FILE_DEFAULTS, **config}
+    if config.get("mean_flow"):
+        config.setdefault("interval_scale", 1000.0)
+    return config
 
 
 class _Buffers:
@@ -76,18 +88,24 @@ class MLP(NpzFile):
 
     fast = True
 
-    ARCH, NAME, FILE_DEFAULTS = "mlp", "an MLP", MLP_FILE_DEFAULTS  # NpzFile
+    ARCH, NAME = "mlp", "an MLP"  # NpzFile
+    FILE_DEFAULTS = staticmethod(upgrade_file_config)
 
     def __init__(self, dim, hidden=256, depth=3, time_features=32, num_classes=None, seed=0,
-                 dtype=np.float32, mean_flow=False, time_scale=1000.0):
+                 dtype=np.float32, mean_flow=False, time_scale=1000.0, interval_scale=None):
         for name, value, low in (("dim", dim, 1), ("hidden", hidden, 1), ("depth", depth, 1),
                                  ("time_features", time_features, 2)):
             if int(value) != value or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value}")
         if time_features % 2:
             raise ValueError(f"time_features must be even, got {time_features}")
-        if not (isinstance(time_scale, (int, float, np.number)) and 0 < time_scale < np.inf):
-            raise ValueError(f"time_scale must be a positive finite number, got {time_scale!r}")
+        for name, value in (("time_scale", time_scale), ("interval_scale", interval_scale)):
+            if name == "interval_scale" and value is None:  # None: the rate of time_scale
+                continue
+            if not (isinstance(value, (int, float, np.number)) and 0 < value < np.inf):
+                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        if interval_scale is not None and not mean_flow:
+            raise ValueError("interval_scale is a setting of mean-flow models only")
         if num_classes is not None and (int(num_classes) != num_classes or num_classes < 1):
             raise ValueError(f"num_classes must be a positive integer or None, got {num_classes}")
         self.dim, self.hidden, self.depth = int(dim), int(hidden), int(depth)
@@ -102,8 +120,11 @@ class MLP(NpzFile):
         }
         self.time_scale = float(time_scale)
         self.mean_flow = bool(mean_flow)
+        # phi(t - r) at the rate of phi(r) unless told (old files: 1000, upgrade_file_config)
+        self.interval_scale = self.time_scale if interval_scale is None else float(interval_scale)
         if self.mean_flow:  # only then in the config, so files without the key load as before
             self.config["mean_flow"] = True
+            self.config["interval_scale"] = self.interval_scale
         half = self.time_features // 2
         self.freqs = np.exp(-np.log(10000.0) * np.arange(half) / half).astype(self.dtype)  # (T/2,)
         if self.mean_flow:  # slower time features, see the constant
@@ -208,7 +229,7 @@ class MLP(NpzFile):
             label = P["E"][self.num_classes] if y is None else P["E"][y]  # (B, T)
             h[:, D + 2 * half:D + 4 * half] = label
         if self.mean_flow:
-            h[:, -2 * half:] = _phi(interval, self.freqs)  # (B, T) phi(t - r)
+            h[:, -2 * half:] = _phi(interval, self.freqs, self.interval_scale)  # (B, T) phi(t-r)
         with np.errstate(over="ignore"):  # exp(-a) = inf for a << 0 gives sigmoid = 0 exactly
             for i in range(self.depth):
                 a, s = buf.a[i], buf.s[i]
@@ -294,6 +315,7 @@ class MLP(NpzFile):
         r=None the time of x is t itself, so its tangent is dt. Tangents:
             ds = dr (dt if r is None),  dphi(s) = c freqs [-sin, cos](c s freqs) ds, c = time_scale
             da_0 = dx W0[x rows] + dphi(s) W0[time rows] [+ dphi(t - r) W0[interval rows]]
+            (dphi(t - r) with c = interval_scale and the tangent dt - dr)
             dh_{i+1} = silu'(a_i) da_i,  da_{i+1} = dh_{i+1} W{i+1},  dv = dh_depth W{depth}
         """
         v = self.forward(x, t, y, r)
@@ -312,8 +334,8 @@ class MLP(NpzFile):
                 np.asarray(dt, dtype=self.dtype) - np.asarray(dr, self.dtype), (B,))  # of t - r
             if np.any(d_interval != 0):
                 interval = self._check_t(t, B) - self._check_t(r, B)  # (B,)
-                targ = (1000 * interval)[:, None] * self.freqs  # (B, T/2)
-                da += _dphi(targ, self.freqs, d_interval) @ P["W0"][-T:]  # (B, H)
+                targ = (self.interval_scale * interval)[:, None] * self.freqs  # (B, T/2)
+                da += _dphi(targ, self.freqs, d_interval, self.interval_scale) @ P["W0"][-T:]
         for i in range(self.depth):
             dh = slopes[i] * da  # (B, H)
             da = dh @ self.params[f"W{i + 1}"]  # (B, H) or (B, D) at the last layer

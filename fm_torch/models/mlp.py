@@ -7,7 +7,8 @@
     v       = h_depth @ W{depth} + b{depth}                            # (B, dim)
 
 mean_flow=True: the average velocity u(x, r, t), phi(r) in place of phi(t) and phi(t - r)
-appended to h_0 (as fm_numpy/models/mlp.py); r=None means r = t.
+appended to h_0 (as fm_numpy/models/mlp.py); r=None means r = t. phi(t - r) runs at
+interval_scale (default time_scale; files from before the key: 1000, as they were trained).
 Initial weights are those of fm_numpy.models.mlp.MLP with the same seed, so both packages start
 from the same network. Weights move both ways through one .npz file.
 """
@@ -16,8 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from fm_numpy.models.files import MLP_FILE_DEFAULTS, NpzFile
+from fm_numpy.models.files import NpzFile
 from fm_numpy.models.mlp import MLP as NumpyMLP
+from fm_numpy.models.mlp import upgrade_file_config
 
 __all__ = ["MLP"]
 
@@ -31,17 +33,18 @@ def _dtype_name(dtype):
 class MLP(nn.Module, NpzFile):
     """v = MLP(x, t, y) with parameters "W0", "b0", ..., "W{depth}", "b{depth}" [, "E"]."""
 
-    ARCH, NAME, FILE_DEFAULTS = "mlp", "an MLP", MLP_FILE_DEFAULTS  # NpzFile
+    ARCH, NAME = "mlp", "an MLP"  # NpzFile
+    FILE_DEFAULTS = staticmethod(upgrade_file_config)
     dtype_name = staticmethod(_dtype_name)
 
     def __init__(self, dim, hidden=256, depth=3, time_features=32, num_classes=None, seed=0,
-                 dtype=torch.float32, mean_flow=False, time_scale=1000.0):
+                 dtype=torch.float32, mean_flow=False, time_scale=1000.0, interval_scale=None):
         super().__init__()
         reference = NumpyMLP(dim, hidden, depth, time_features, num_classes, seed,
                              dtype=_dtype_name(dtype), mean_flow=mean_flow,
-                             time_scale=time_scale)
+                             time_scale=time_scale, interval_scale=interval_scale)
         self.mean_flow = reference.mean_flow
-        self.time_scale = reference.time_scale
+        self.time_scale, self.interval_scale = reference.time_scale, reference.interval_scale
         self.config = dict(reference.config)
         self.dim, self.hidden, self.depth = reference.dim, reference.hidden, reference.depth
         self.time_features, self.num_classes = reference.time_features, reference.num_classes
@@ -86,7 +89,7 @@ class MLP(nn.Module, NpzFile):
         elif y is not None:
             raise ValueError("this MLP is unconditional (num_classes=None) but labels were given")
         if self.mean_flow:
-            targ = (1000 * interval)[:, None] * self.freqs  # (B, T/2) phi(t - r)
+            targ = (self.interval_scale * interval)[:, None] * self.freqs  # (B, T/2) phi(t - r)
             parts += [torch.cos(targ), torch.sin(targ)]
         h = torch.cat(parts, dim=1)  # (B, D + T [+ T])
         for i in range(self.depth):
