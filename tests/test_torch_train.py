@@ -1,6 +1,7 @@
 """fm_torch's training loop: learning, exact resume, divergence, checkpoints, sampling."""
 
 import csv
+import os
 
 import pytest
 import torch
@@ -34,7 +35,7 @@ def test_unet_training_reduces_the_loss(tmp_path):
                       **TINY_UNET)
     first = sum(v for _, v, _ in losses[:5]) / 5
     last = sum(v for _, v, _ in losses[-5:]) / 5
-    assert last < first
+    assert last < 0.6 * first, (first, last)  # seeds 0-2 measured: last/first 0.36-0.41
     model, ckpt = load_model(tmp_path / "ckpt.pt")
     assert ckpt["step"] == 30 and not model.training
 
@@ -90,13 +91,19 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
 def test_checkpoint_loads_weights_only(tmp_path):
     path = tmp_path / "evil.pt"
 
-    class Evil:
+    marker = tmp_path / "code-ran"
+
+    class Evil:  # unpickling it would create `marker`: the proof that code ran
         def __reduce__(self):
-            return (print, ("ran code",))
+            return (os.mkdir, (str(marker),))
 
     torch.save({"x": Evil()}, path)
+    assert not marker.exists()
     with pytest.raises(ValueError, match="not a readable torch checkpoint"):
         load_checkpoint(path)
+    assert not marker.exists()  # weights_only refused the payload before running it
+    torch.load(path, weights_only=False)  # the control: the payload does run when allowed
+    assert marker.exists()
     path.write_bytes(b"PK\x03\x04 torn")
     with pytest.raises(ValueError, match="not a readable torch checkpoint"):
         load_checkpoint(path)
