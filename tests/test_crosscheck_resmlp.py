@@ -222,12 +222,27 @@ def test_short_training_run_lowers_the_loss(tmp_path):
 def test_cli_samples_a_resmlp_file(tmp_path):
     pytest.importorskip("matplotlib")
     from fm_numpy.cli import main
+    from fm_numpy.solvers import ClassifierFreeGuidance, odeint
 
-    NumpyResMLP(784, hidden=8, depth=1, time_features=4, num_classes=10).save_npz(
-        tmp_path / "m.npz")
+    model = NumpyResMLP(784, hidden=8, depth=1, time_features=4, num_classes=10)
+    rng = np.random.default_rng(11)
+    for p in model.params.values():  # the zero-initialised output would hide ignored weights
+        p[...] = 0.2 * rng.standard_normal(p.shape)
+    model.save_npz(tmp_path / "m.npz")
     rc = main(["sample", "--model", str(tmp_path / "m.npz"), "--steps", "2", "-n", "20",
-               "--guidance", "2.0", "--out", str(tmp_path / "digits.npz")])
+               "--method", "midpoint", "--seed", "5", "--chunk", "20", "--guidance", "2.0",
+               "--out", str(tmp_path / "digits.npz")])
     assert rc == 0
     with np.load(tmp_path / "digits.npz", allow_pickle=False) as f:
-        assert f["images"].shape == (20, 28, 28)
+        images = f["images"]  # (20, 28, 28)
     assert (tmp_path / "digits_grid.png").exists()
+    # the same images from the file's weights, by hand: x0 from the seed, labels in turn,
+    # guided midpoint steps, [-1, 1] -> [0, 1]
+    loaded = load_model(tmp_path / "m.npz")
+    x0 = np.random.default_rng(5).standard_normal((20, 784)).astype(loaded.dtype)  # (N, D)
+    y = np.arange(20) % 10
+    x1 = odeint(ClassifierFreeGuidance(loaded, y, 2.0), x0, np.linspace(0, 1, 3),
+                "midpoint")[-1]  # (N, D)
+    expected = np.clip((x1.reshape(-1, 28, 28) + 1) / 2, 0, 1)
+    assert expected.std() > 0.01  # the weights move the pixels: a real comparison
+    np.testing.assert_allclose(images, expected, rtol=0, atol=1e-6)
