@@ -319,7 +319,15 @@ def test_likelihood_command_line_numpy_and_torch(tmp_path, capsys):
     )
     assert result["n"] == 30
     np.testing.assert_allclose(result["mean_log_likelihood"], expected.mean(), rtol=1e-12)
-    assert "true_mean_log_density" in result
+    # the true density of 8gaussians, written out: 8 equal-weight N(2 (cos, sin)(2 pi k / 8),
+    # 0.1^2 I) components, by SciPy
+    angles = 2 * np.pi * np.arange(8) / 8
+    comps = np.stack([stats.multivariate_normal(2 * np.array([math.cos(a), math.sin(a)]),
+                                                0.01 * np.eye(2)).logpdf(x1) for a in angles])
+    true_lp = np.logaddexp.reduce(comps, axis=0) - math.log(8)  # (n,)
+    np.testing.assert_allclose(result["true_mean_log_density"], true_lp.mean(), rtol=1e-12)
+    np.testing.assert_allclose(result["mean_abs_error"], np.abs(expected - true_lp).mean(),
+                               rtol=1e-10)
 
     parser = argparse.ArgumentParser()
     add_likelihood_parser(parser.add_subparsers())
@@ -329,6 +337,7 @@ def test_likelihood_command_line_numpy_and_torch(tmp_path, capsys):
     np.testing.assert_allclose(
         result_t["mean_log_likelihood"], result["mean_log_likelihood"], rtol=1e-10
     )
+    np.testing.assert_allclose(result_t["true_mean_log_density"], true_lp.mean(), rtol=1e-10)
 
     capsys.readouterr()
     assert main(["likelihood", "--model", str(tmp_path / "missing.npz")]) == 2
