@@ -28,7 +28,7 @@ def _candidates(sched, tz):
     out = [("ok", f"{sched!r}", a, s, da, ds),
            ("reversed-time", f"{sched!r} at 1 - t (t = 0 is data)", ra, rs, -rda, -rds),
            ("swapped-x0-x1", f"{sched!r} with x0 and x1 swapped", s, a, ds, da)]
-    for key, cls in SCHEDULERS.items():
+    for cls in SCHEDULERS.values():
         other = cls()
         if repr(other) != repr(sched):
             out.append(("wrong-scheduler", f"{other!r}", *_coefs(other, tz)))
@@ -55,7 +55,7 @@ def _err(a, s, ca, cs, exact):
 
 def _axis_fit(rows, cand, exact):
     """Error of the candidate when t[d] scales column d (a (B,) time broadcast on the data axis)."""
-    x, x1, x0, t, n = rows["x"], rows["x1"], rows["x0"], rows["t"], rows["n"]
+    x, x1, x0, n = rows["x"], rows["x1"], rows["x0"], rows["n"]
     D = x.shape[1]
     errs, start = [], 0
     while start < len(n):
