@@ -1,10 +1,14 @@
-"""The networks of fm_numpy (models/mlp.py, models/resmlp.py) and `load_model` for any .npz."""
+"""The networks of fm_numpy (models/mlp.py, resmlp.py, convnet.py), `network_for` (a network
+sized from the data) and `load_model` for any .npz."""
 
 import json
 
-from fm_numpy.io import load_npz
+import numpy as np
 
-__all__ = ["ARCHITECTURES", "model_class", "load_model"]
+from fm_numpy.io import load_npz
+from fm_numpy.models.sizing import default_sizes, sample_shape
+
+__all__ = ["ARCHITECTURES", "model_class", "load_model", "network_for"]
 
 ARCHITECTURES = ("mlp", "resmlp", "convnet")
 
@@ -39,3 +43,22 @@ def load_model(path, dtype=None):
         if isinstance(config, dict):
             arch = config.get("arch", "mlp")
     return model_class(arch).from_npz(path, dtype=dtype)
+
+
+def network_for(shape, num_classes=None, arch=None, seed=0, dtype=np.float32, **sizes):
+    """A fresh network for samples of `shape` ((D,) vectors or (C, H, W) images, as a data
+    source's `.shape`) with labels 0..num_classes-1 (None: unconditional).
+
+    arch None picks "mlp" for vectors and "convnet" for images; `sizes` (hidden, depth,
+    time_features, ...) override the rule of fm_numpy.models.sizing.default_sizes. The
+    network takes x flat, (B, prod(shape)), as every fm_numpy network.
+    """
+    shape = sample_shape(shape)
+    arch = arch or ("mlp" if len(shape) == 1 else "convnet")
+    cls = model_class(arch)
+    sizes = {**default_sizes(shape, arch), **sizes}
+    if arch == "convnet":
+        C, H, W = shape
+        return cls(None, num_classes=num_classes, seed=seed, dtype=dtype, channels=C, height=H,
+                   width=W, **sizes)
+    return cls(int(np.prod(shape)), num_classes=num_classes, seed=seed, dtype=dtype, **sizes)

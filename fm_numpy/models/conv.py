@@ -14,6 +14,7 @@ backward that takes dL/d(output) and returns dL/d(input) (and parameter gradient
     silu:      u = a sigmoid(a)
     avg_pool2: out[i, j] = mean of x[2i:2i+2, 2j:2j+2]
     upsample2: out[i, j] = x[i // 2, j // 2]       (nearest neighbour)
+    pad2 / crop2: zeros around H and W / the inner H x W (pad2 is crop2's backward, and back)
 
 The torch twin computes the same maps with torch.nn.functional (conv2d on NCHW with the
 weight W reshaped to (C_out, C_in, 3, 3), group_norm, avg_pool2d, interpolate), an
@@ -27,7 +28,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 __all__ = ["GN_EPS", "groups", "conv3x3", "conv3x3_backward", "group_norm",
            "group_norm_backward", "silu", "silu_backward", "avg_pool2", "avg_pool2_backward",
-           "upsample2", "upsample2_backward"]
+           "upsample2", "upsample2_backward", "pad2", "crop2"]
 
 GN_EPS = 1e-5
 # the 9 offsets (dy, dx) of a 3x3 kernel, row-major
@@ -156,3 +157,16 @@ def upsample2_backward(dout):
     """dx[i, j] = sum of dout over the 2x2 block it was copied to."""
     B, H, Wd, C = dout.shape
     return dout.reshape(B, H // 2, 2, Wd // 2, 2, C).sum(axis=(2, 4))
+
+
+def pad2(x, pad_h, pad_w):
+    """(B, H, W, C) -> (B, H + sum(pad_h), W + sum(pad_w), C), zeros around; x itself when
+    nothing is padded. pad_h = (top, bottom), pad_w = (left, right)."""
+    if tuple(pad_h) == tuple(pad_w) == (0, 0):
+        return x
+    return np.pad(x, ((0, 0), tuple(pad_h), tuple(pad_w), (0, 0)))
+
+
+def crop2(x, pad_h, pad_w, H, W):
+    """The inner (B, H, W, C) of a padded x (B, H', W', C): pad2's inverse (a view)."""
+    return x[:, pad_h[0]:pad_h[0] + H, pad_w[0]:pad_w[0] + W, :]

@@ -13,12 +13,8 @@ at sizes (H', W') / 2^i, i = 0..depth-1 (MNIST, depth 3: 28, 14, 7), where (H', 
     up:     for i = depth-2..0:  h = block u{i}(concat[upsample(h), skip_i])
     v       = crop(conv3x3(silu(GN(h; out)); conv_out))                         # (B, H, W, C)
 
-Why pad and crop rather than fewer levels for sizes that do not halve evenly: the network
-keeps the depth (and receptive field) it was built with at every size, odd sizes such as
-7 x 9 included, and sizes that divide (28 x 28 at depth 3, 8 x 8, 32 x 32) are not padded
-at all, so their outputs are those of the unpadded network. A zero pad is the mean of the
-noise x0 and of centred data; the padded pixels never reach the loss (cropped away), so
-their gradient is simply not there: backward zero-pads dv.
+Sizes that halve evenly (28 x 28 at depth 3, 8 x 8, 32 x 32) are not padded; why pad and
+crop rather than use fewer levels: fm_numpy/models/sizing.py. Backward zero-pads dv.
 
 A residual block k, input x (c_in channels) -> c_out channels:
 
@@ -78,12 +74,12 @@ class ConvUNet(NpzFile):
                  dtype=np.float32, arch=ARCH, channels=1, height=None, width=None):
         if arch != ARCH:
             raise ValueError(f"arch must be {ARCH!r}, got {arch!r}")
-        for name, value, low in (("hidden", hidden, 1), ("depth", depth, 1),
-                                 ("time_features", time_features, 2)):
-            if int(value) != value or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value}")
-        if int(depth) > len(MULTS):
-            raise ValueError(f"depth must be at most {len(MULTS)}, got {depth}")
+        for name, value, low, high in (("hidden", hidden, 1, None),
+                                       ("depth", depth, 1, len(MULTS)),
+                                       ("time_features", time_features, 2, None)):
+            if int(value) != value or value < low or (high and value > high):
+                raise ValueError(f"{name} must be an integer in [{low}, {high or 'inf'}], "
+                                 f"got {value}")
         if time_features % 2:
             raise ValueError(f"time_features must be even, got {time_features}")
         if num_classes is not None and (int(num_classes) != num_classes or num_classes < 1):
@@ -143,7 +139,6 @@ class ConvUNet(NpzFile):
     def num_parameters(self):
         return sum(p.size for p in self.params.values())
 
-    # ------------------------------------------------------------------ inputs
     def _inputs(self, x, t, y):
         """x as padded images (B, H', W', C), phi(t) (B, T) and the label rows (or None)."""
         x = np.asarray(x, dtype=self.dtype)
@@ -153,36 +148,20 @@ class ConvUNet(NpzFile):
         t = check_t(t, B, self.dtype)  # (B,)
         targ = (1000 * t)[:, None] * self.freqs  # (B, T/2)
         phi = np.concatenate([np.cos(targ), np.sin(targ)], axis=1)  # (B, T)
-        rows = None
         if y is not None and not self.num_classes:
             raise ValueError("this ConvUNet is unconditional (num_classes=None) but labels "
                              "were given")
-        if self.num_classes:
-            if y is None:
-                rows = np.full(B, self.num_classes)
-            else:
-                rows = np.asarray(y)
-                if rows.ndim == 0:
-                    rows = np.full(B, rows)
-                if rows.shape != (B,) or not np.issubdtype(rows.dtype, np.integer):
-                    raise ValueError(f"y must be integers of shape ({B},), got {rows.dtype} "
-                                     f"{rows.shape}")
-                if rows.min() < 0 or rows.max() > self.num_classes:
-                    raise ValueError(f"labels must lie in [0, {self.num_classes}] "
-                                     f"({self.num_classes} = null class), got "
-                                     f"{rows.min()}..{rows.max()}")
-        return self._pad(x.reshape(B, *self.shape).transpose(0, 2, 3, 1)), phi, rows
-
-    def _pad(self, img):
-        """(B, H, W, C) -> (B, H', W', C), zeros around; no copy when nothing is padded."""
-        if self.pad_h == self.pad_w == (0, 0):
-            return img
-        return np.pad(img, ((0, 0), self.pad_h, self.pad_w, (0, 0)))  # (B, H', W', C)
-
-    def _crop(self, img):
-        """(B, H', W', C) -> (B, H, W, C): the pixels of the unpadded image."""
-        (top, _), (left, _) = self.pad_h, self.pad_w
-        return img[:, top:top + self.height, left:left + self.width, :]  # (B, H, W, C)
+        rows = None if not self.num_classes else np.asarray(self.num_classes if y is None else y)
+        if rows is not None:  # the label of each sample; num_classes is the null class
+            rows = np.full(B, rows) if rows.ndim == 0 else rows
+            if rows.shape != (B,) or not np.issubdtype(rows.dtype, np.integer):
+                raise ValueError(f"y must be integers of shape ({B},), got {rows.dtype} "
+                                 f"{rows.shape}")
+            if rows.min() < 0 or rows.max() > self.num_classes:
+                raise ValueError(f"labels must lie in [0, {self.num_classes}] ({self.num_classes}"
+                                 f" = null class), got {rows.min()}..{rows.max()}")
+        img = x.reshape(B, *self.shape).transpose(0, 2, 3, 1)  # (B, H, W, C)
+        return L.pad2(img, self.pad_h, self.pad_w), phi, rows  # (B, H', W', C)
 
     # ------------------------------------------------------------------ forward
     def _block(self, k, x, se):
@@ -231,7 +210,8 @@ class ConvUNet(NpzFile):
         a, s = L.silu(n)  # (B, H', W', w_0)
         v, Pout = L.conv3x3(a, P["conv_out_W"], P["conv_out_b"])  # (B, H', W', C)
         self._cache = (B, phi, rows, e1, u1, s1, emb, se, sse, Pin, caches, xh, r, a, s, Pout)
-        return self._crop(v).transpose(0, 3, 1, 2).reshape(B, self.dim)  # (B, C H W)
+        v = L.crop2(v, self.pad_h, self.pad_w, self.height, self.width)  # (B, H, W, C)
+        return v.transpose(0, 3, 1, 2).reshape(B, self.dim)  # (B, C H W)
 
     __call__ = forward
 
@@ -280,7 +260,8 @@ class ConvUNet(NpzFile):
         if dv.shape != (B, self.dim):
             raise ValueError(f"dv must have shape ({B}, {self.dim}), got {dv.shape}")
         P, G = self.params, self.grads
-        dv = self._pad(dv.reshape(B, *self.shape).transpose(0, 2, 3, 1))  # (B, H', W', C)
+        dv = dv.reshape(B, *self.shape).transpose(0, 2, 3, 1)  # (B, H, W, C)
+        dv = L.pad2(dv, self.pad_h, self.pad_w)  # (B, H', W', C)
         da, G["conv_out_W"][...], G["conv_out_b"][...] = L.conv3x3_backward(
             dv, Pout, P["conv_out_W"])  # (B, H', W', w_0)
         dn = L.silu_backward(da, a, s)  # (B, H', W', w_0)
@@ -311,7 +292,6 @@ class ConvUNet(NpzFile):
         G["bt1"][...] = de1.sum(axis=0)  # (E,)
         return G
 
-    # ------------------------------------------------------------------ files
     def _arrays(self):
         return self.params  # NpzFile: save_npz, load_npz, from_npz
 

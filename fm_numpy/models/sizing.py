@@ -5,7 +5,8 @@ gives a network for a data source's shape and class count. NumPy only."""
 
 import numpy as np
 
-__all__ = ["image_shape", "padding", "upgrade_config"]
+__all__ = ["image_shape", "padding", "upgrade_config", "sample_shape", "levels_for",
+           "default_sizes"]
 
 
 def image_shape(dim=None, channels=1, height=None, width=None):
@@ -32,7 +33,13 @@ def image_shape(dim=None, channels=1, height=None, width=None):
 
 
 def padding(size, depth):
-    """(before, after): zeros that bring `size` up to a multiple of 2^(depth-1)."""
+    """(before, after): zeros that bring `size` up to a multiple of 2^(depth-1).
+
+    Pad and crop, rather than fewer levels, for sizes that do not halve evenly: the network
+    keeps its depth at every size (7 x 9 included), and sizes that divide are not padded,
+    so their outputs are those of the plain network. Zero is the mean of the noise x0 and
+    of centred data; the padded pixels are cropped from v, so no loss ever sees them.
+    """
     step = 2 ** (depth - 1)
     extra = -size % step
     return extra // 2, extra - extra // 2
@@ -46,3 +53,47 @@ def upgrade_config(config):
         C, H, W = image_shape(config.pop("dim"), config.pop("channels", 1))
         config.update(channels=C, height=H, width=W)
     return config
+
+
+def sample_shape(shape):
+    """One sample's shape as (D,) for vectors or (C, H, W) for images ((H, W) means one
+    channel); a ValueError names anything else."""
+    shape = tuple(shape)
+    if len(shape) == 2:
+        shape = (1, *shape)
+    if len(shape) not in (1, 3) or any(int(s) != s or s < 1 for s in shape):
+        raise ValueError(f"a sample's shape must be (D,), (H, W) or (C, H, W) of positive "
+                         f"integers, got {shape}")
+    return tuple(int(s) for s in shape)
+
+
+def levels_for(height, width):
+    """Resolution levels of an image network: the lowest level keeps at least 3 pixels on
+    the shorter side (before padding), at most 3 levels: 28 x 28 -> 3 (28, 14, 7),
+    8 x 8 -> 2 (8, 4), 32 x 32 -> 3 (32, 16, 8), 5 x 5 -> 1."""
+    return int(min(3, max(1, 1 + np.floor(np.log2(min(height, width) / 3)))))
+
+
+def default_sizes(shape, arch):
+    """The widths of network `arch` for samples of `shape` (see sample_shape).
+
+    Vectors ("mlp", "resmlp"): hidden 256 up to D = 64 (the 2-D sets' width), 512 up to
+    D = 1024, else 1024; depth 3. Images: levels_for(H, W) levels; base width 32 up to a side
+    of 16 pixels and 16 above for fm_numpy's "convnet" (the step costs width^2 x pixels: the
+    NumPy ConvUNet at 8 x 8 and width 32 costs a third of MNIST's at width 16, its measured
+    default), 32 for fm_torch's "unet" (its MNIST width) with multipliers (1, 2, 2)[:levels].
+    """
+    shape = sample_shape(shape)
+    if arch in ("mlp", "resmlp"):
+        D = int(np.prod(shape))
+        return {"hidden": 256 if D <= 64 else 512 if D <= 1024 else 1024, "depth": 3,
+                "time_features": 32}
+    if len(shape) != 3:
+        raise ValueError(f"arch {arch!r} needs images (C, H, W), got a sample shape {shape}")
+    _, H, W = shape
+    levels = levels_for(H, W)
+    if arch == "convnet":
+        return {"hidden": 32 if max(H, W) <= 16 else 16, "depth": levels, "time_features": 32}
+    if arch == "unet":
+        return {"base": 32, "mults": [1, 2, 2][:levels], "res_blocks": 1, "time_features": 32}
+    raise ValueError(f"no sizing rule for arch {arch!r}")
