@@ -39,6 +39,17 @@ def test_png_every_filter_against_pillow(shape, filter_type):
     assert np.array_equal(decode_png(blob), image)
 
 
+@pytest.mark.parametrize("alpha,beta", [(5, -10), (-10, 5), (7, -7)])
+def test_png_paeth_ties(alpha, beta):
+    """image = alpha i + beta j: left - upleft = alpha, up - upleft = beta, so Paeth's
+    distances tie (|beta| = |alpha + beta| etc.) and its tie order decides every byte."""
+    i, j = np.indices((12, 10))
+    image = ((alpha * i + beta * j) % 256).astype(np.uint8)
+    blob = encode_png(image, filter_type=4)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(blob))), image)
+    assert np.array_equal(decode_png(blob), image)
+
+
 @pytest.mark.parametrize("mode,channels", [("L", None), ("LA", 2), ("RGB", 3), ("RGBA", 4)])
 def test_png_written_by_pillow(mode, channels):
     shape = (13, 17) if channels is None else (13, 17, channels)
