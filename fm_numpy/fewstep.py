@@ -1,6 +1,10 @@
-"""The few-step hooks of the training loop: coupling, MeanFlow objective, distillation, timing.
+"""Few-step training settings (re-exported from fm_numpy/train_config.py) and FewStepHooks.
 
-fm_numpy/train.py calls, per step (in this order of random draws: x1, t, x0, then
+fm_numpy's loop no longer uses FewStepHooks: couplings, MeanFlow and distillation are the
+objects of fm_numpy/coupling.py, objectives.py and schedules.Fixed, handed to
+fm_numpy/loop.py by train.py. The hooks stay for fm_torch/fewstep.py, which subclasses them.
+
+The older loop called, per step (in this order of random draws: x1, t, x0, then
 sinkhorn's uniforms, the label dropout, then MeanFlow's (r, t)):
     x0, t = hooks.couple(x0, x1, y, t, rng, data)  # reflow: the pairs' x0; then the perm
                                                     # of the noise; t = 0 when distilling
@@ -14,39 +18,10 @@ import os
 import time
 
 from fm_numpy.io import save_json
+from fm_numpy.train_config import OBJECTIVES, check_fewstep_settings
 
 __all__ = ["OBJECTIVES", "check_fewstep_settings", "FewStepHooks"]
 
-OBJECTIVES = ("fm", "meanflow")
-
-
-def check_fewstep_settings(config):
-    """ValueError for a bad coupling, objective, meanflow_ratio, pairs or distill setting."""
-    from fm_numpy.coupling import COUPLINGS
-
-    if config["coupling"] not in COUPLINGS:
-        raise ValueError(f"unknown coupling {config['coupling']!r}; choose one of "
-                         f"{', '.join(COUPLINGS)}")
-    if config["objective"] not in OBJECTIVES:
-        raise ValueError(f"unknown objective {config['objective']!r}; choose one of "
-                         f"{', '.join(OBJECTIVES)}")
-    ratio = config["meanflow_ratio"]
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1:
-        raise ValueError(f"meanflow_ratio must lie in [0, 1], got {ratio!r}")
-    p = config["meanflow_norm_p"]
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 2:
-        raise ValueError(f"meanflow_norm_p must lie in [0, 2], got {p!r}")
-    if config["pairs"] is not None and not isinstance(config["pairs"], str):
-        raise ValueError(f"pairs must be the path of a pairs .npz, got {config['pairs']!r}")
-    if not isinstance(config["distill"], bool):
-        raise ValueError(f"distill must be true or false, got {config['distill']!r}")
-    if config["objective"] == "meanflow" and config.get("arch", "mlp") != "mlp":
-        raise ValueError(f"objective meanflow needs --arch mlp (the {config['arch']} network "
-                         f"has no second time input r)")
-    if config["distill"] and config["objective"] != "fm":
-        raise ValueError("distill trains a one-step flow-matching student; use objective fm")
-    if config["pairs"] is not None and config["coupling"] != "independent":
-        raise ValueError("reflow pairs are fixed; they cannot be re-paired by a coupling")
 
 
 class FewStepHooks:

@@ -19,53 +19,12 @@ import os
 
 import numpy as np
 
-from fm_numpy.io import load_npz, save_npz
+from fm_numpy.data import PairSource, load_pairs, save_pairs
 
-__all__ = ["PairData", "generate_pairs", "save_pairs", "load_pairs", "pairs_meta",
+__all__ = ["PairSource", "generate_pairs", "save_pairs", "load_pairs", "pairs_meta",
            "ARCH_KEYS", "student_settings", "reflow"]
 
 _CHUNK = 4096  # trajectories solved at once (the solver keeps every grid state)
-
-
-def save_pairs(path, x0, x1, y=None, meta=None):
-    """pairs .npz: x0, x1 (N, ...), y (N,) or empty, meta (JSON); written atomically."""
-    save_npz(path, x0=np.asarray(x0), x1=np.asarray(x1),
-             y=np.zeros(0, np.int64) if y is None else np.asarray(y, dtype=np.int64),
-             meta=np.array(json.dumps(meta or {})))
-
-
-def load_pairs(path):
-    """(x0, x1, y or None, meta) of a pairs .npz; ValueError naming what is wrong."""
-    arrays = load_npz(path)
-    for key in ("x0", "x1", "y", "meta"):
-        if key not in arrays:
-            raise ValueError(f"{path} is not a pairs file (no {key!r})")
-    x0, x1, y = arrays["x0"], arrays["x1"], arrays["y"]
-    if x0.shape != x1.shape or len(x0) < 1:
-        raise ValueError(f"{path}: x0 {x0.shape} and x1 {x1.shape} must be equal, non-empty")
-    if y.size and y.shape != (len(x0),):
-        raise ValueError(f"{path}: y must have shape ({len(x0)},), got {y.shape}")
-    if not (np.all(np.isfinite(x0)) and np.all(np.isfinite(x1))):
-        raise ValueError(f"{path}: the pairs hold non-finite values")
-    return x0, x1, (y if y.size else None), json.loads(str(arrays["meta"]))
-
-
-class PairData:
-    """Fixed (x0, x1 [, y]) pairs as the training loop's data: `draw` picks indices (kept
-    in `last_idx`); the loop's hook then takes x0[last_idx] in place of its fresh noise."""
-
-    def __init__(self, path, dtype):
-        x0, x1, y, meta = load_pairs(path)
-        self.x0 = x0.reshape(len(x0), -1).astype(dtype)  # (N, D)
-        self.x1 = x1.reshape(len(x1), -1).astype(dtype)  # (N, D)
-        self.y = y
-        self.dim = self.x1.shape[1]
-        self.num_classes = meta.get("num_classes")
-        self.last_idx = None
-
-    def draw(self, rng, B):
-        self.last_idx = rng.integers(0, len(self.x1), B)  # (B,)
-        return self.x1[self.last_idx], (None if self.y is None else self.y[self.last_idx])
 
 
 def pairs_meta(teacher, n, seed, method, steps, guidance=1.0):
