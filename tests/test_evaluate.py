@@ -217,6 +217,15 @@ def test_evaluate_samples_npz_matches_mnist_metrics(tiny_judge, mnist_small, tmp
                str(tmp_path / "m.json"), "--no-progress"])
     assert rc == 0
     assert json.loads((tmp_path / "m.json").read_text())["fd"] == pytest.approx(want["fd"])
+    # the labels in the file are the ones judged: the same images with every label moved to
+    # the next class keep their FD and lose their class accuracy (the judge is > 0.6 right)
+    save_npz(tmp_path / "wrong.npz", images=images, labels=(labels + 1) % 10)
+    rc = main(["evaluate", "--samples", str(tmp_path / "wrong.npz"), "--out",
+               str(tmp_path / "w.json"), "--no-progress"])
+    assert rc == 0
+    wrong = json.loads((tmp_path / "w.json").read_text())
+    assert wrong["fd"] == pytest.approx(want["fd"])
+    assert want["class_accuracy"] > 0.6 and wrong["class_accuracy"] < 0.2, (want, wrong)
     save_npz(tmp_path / "vectors.npz", samples=np.zeros((5, 2)))
     assert main(["evaluate", "--samples", str(tmp_path / "vectors.npz")]) == 2
     assert "no 'images' array" in capsys.readouterr().err
