@@ -12,7 +12,8 @@ so `sample` gives samples back in the data's units (decode). Three kinds:
   model space (B, C, H, W); decode gives (B, H, W) when the data were (N, H, W) and
   (B, H, W, C) otherwise.
 
-encode(raw, dtype) works on one batch of raw rows; decode(z) takes (B, *shape) or flat
+encode(raw, dtype=float64) works on one batch of raw rows (a source casts to its own dtype
+after); decode(z) takes (B, *shape) or flat
 (B, prod(shape)) model-space rows. Fitting reads the rows in chunks (a memory-mapped array
 is never loaded whole).
 """
@@ -35,7 +36,7 @@ class Identity:
 
     kind = "identity"
 
-    def encode(self, raw, dtype=np.float32):
+    def encode(self, raw, dtype=np.float64):
         return np.asarray(raw, dtype=dtype)
 
     def decode(self, z):
@@ -82,7 +83,7 @@ class Standardize:
         std[std == 0] = 1.0  # a constant feature: keep it, do not divide by zero
         return cls(mean, std, dtype or np.asarray(rows[:1]).dtype)
 
-    def encode(self, raw, dtype=np.float32):
+    def encode(self, raw, dtype=np.float64):
         x = np.asarray(raw, dtype=np.float64)  # (B, D)
         return ((x - self.mean) / self.std).astype(dtype)
 
@@ -135,7 +136,7 @@ class MinMax:
             return x.transpose(0, 3, 1, 2)
         return x
 
-    def encode(self, raw, dtype=np.float32):
+    def encode(self, raw, dtype=np.float64):
         x = np.asarray(raw)
         if x.shape[1:] != self.raw_shape:
             raise ValueError(f"raw images must be (B, {', '.join(map(str, self.raw_shape))}), "
