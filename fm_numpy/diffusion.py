@@ -20,7 +20,7 @@ interpolated flow time (abar(k) = a(t(k))^2), so step -> t -> abar is one consis
 chain and equals the table at integer steps.
 
 Flow times with no diffusion counterpart (t < t_min: more noise than the last step, e.g.
-t < 0.0638 for Stable Diffusion's schedule; t > t_max: less noise than the first step)
+t < 0.0640 for Stable Diffusion's schedule; t > t_max: less noise than the first step)
 raise ValueError in `flow_time_to_timestep` unless clamp=True. `DiffusionToFlow`
 clamps (the network sees its nearest step, the conversion uses the exact a, b of t) so
 that solvers may run to t = 1; it raises only where the conversion divides by zero:

@@ -77,7 +77,10 @@ def sample(model, x0, steps=1, y=None, guidance=1.0):
     """K = steps average-velocity steps from x0 (t = 0): x_{k+1} = x_k + h_k u(x_k, t_k, t_{k+1})
     on the uniform grid t_k = k / K. K = 1: x1 = x0 + u(x0, 0, 1). Returns (K+1, B, D).
 
-    With labels, u is classifier-free guided like v: u_null + w (u_y - u_null).
+    With labels, u is classifier-free guided like v: u_null + w (u_y - u_null). That is
+    exact only at r = t (u = v); for r < t the average velocity of the guided field is an
+    integral along its own trajectories, not this combination, so it is a heuristic
+    (docs/math.md section 14.3; the MeanFlow paper puts guidance into the training target).
     """
     K = int(steps)
     if K < 1:

@@ -48,7 +48,10 @@ def meanflow_loss(model, path, x1, y, x0, r, t, norm_p=1.0, norm_eps=1e-3):
 
 @torch.no_grad()
 def sample(model, x0, steps=1, y=None, guidance=1.0):
-    """K average-velocity steps x_{k+1} = x_k + h_k u(x_k, t_k, t_{k+1}); (K+1, *x0.shape)."""
+    """K average-velocity steps x_{k+1} = x_k + h_k u(x_k, t_k, t_{k+1}); (K+1, *x0.shape).
+
+    With labels, u_null + w (u_y - u_null): exact only at r = t, a heuristic for r < t
+    (fm_numpy.meanflow.sample)."""
     K = int(steps)
     if K < 1:
         raise ValueError(f"steps must be a positive integer, got {steps}")
