@@ -451,14 +451,20 @@ class PairSource:
         return self.x1[idx], y, self.x0[idx]
 
 
-def open_data(spec, dtype=np.float32, n_train=None, pairs=None):
+def open_data(spec, dtype=np.float32, n_train=None, pairs=None, label_column=None,
+              val_fraction=None, seed=0):
     """A data source from a spec: a source (returned as it is), an array (N, ...) (an
-    ArraySource), "mnist", or a toy set's name; `pairs` (a pairs .npz path) wins over spec.
-    New kinds of spec (the user's files) are one more branch before the name lookup."""
+    ArraySource), "mnist", a toy set's name, or the path of the user's file or image folder
+    (fm_numpy/userdata.py: label_column, the held-out val_fraction split seeded by seed;
+    the source's .info is the run's data.json); `pairs` (a pairs .npz path) wins over spec."""
     if pairs is not None:
         return PairSource(pairs, dtype)
     if hasattr(spec, "batch"):
         return spec
+    from fm_numpy.userdata import is_data_file, open_user_data  # it builds on this module
+
+    if is_data_file(spec):
+        return open_user_data(spec, dtype, label_column, val_fraction, seed)
     if isinstance(spec, np.ndarray):
         return ArraySource(spec, dtype=dtype)
     if spec == "mnist":

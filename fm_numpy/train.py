@@ -58,7 +58,8 @@ def build(config, data=None, net=None, threads=None):
     itself, or the model on batch slices in threads (fm_numpy/models/threads.py)."""
     dtype = np.dtype(config["dtype"])
     source = open_data(config["data"] if data is None else data, dtype, config["n_train"],
-                       config["pairs"])
+                       config["pairs"], config["label_column"], config["val_fraction"],
+                       config["seed"])  # the user's file: its split is seeded by the run
     path = AffinePath(make_scheduler(config["scheduler"]))
     meanflow = config["objective"] == "meanflow"
     if meanflow:
@@ -195,6 +196,8 @@ def train(out, resume=False, progress=True, threads=None, draws=None, net=None, 
     else:
         _write_losses(loss_path, [], append=False)
     save_json(os.path.join(out, "config.json"), config)
+    if getattr(source, "info", None):  # the user's file: scaling, split, class names
+        save_json(os.path.join(out, "data.json"), source.info)
 
     timing = coupling is not None or config["objective"] == "meanflow"
     with DeferredStop() as stopper:

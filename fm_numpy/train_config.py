@@ -14,6 +14,7 @@ from fm_numpy.data import TOY_DATASETS
 from fm_numpy.models import ARCHITECTURES
 from fm_numpy.paths import make_scheduler
 from fm_numpy.schedules import RECIPE_DEFAULTS, make_recipe
+from fm_numpy.userdata import data_defaults, is_data_file
 
 __all__ = ["DEFAULTS", "MNIST_DEFAULTS", "MNIST_RESMLP_DEFAULTS", "MNIST_CONVNET_DEFAULTS",
            "OBJECTIVES", "CUSTOM", "RESUMABLE", "resolve_config", "check_fewstep_settings"]
@@ -27,7 +28,8 @@ DEFAULTS = {
     "label_dropout": 0.1, "weight_decay": 0.0, "max_grad_norm": None, "dtype": "float32",
     "n_train": None, "arch": "mlp", "coupling": "independent", "coupling_block": None,
     "objective": "fm", "meanflow_ratio": 0.25, "meanflow_norm_p": 1.0, "pairs": None,
-    "distill": False, "ema_decay": 0.99, "time_scale": 1000.0, **RECIPE_DEFAULTS,
+    "distill": False, "ema_decay": 0.99, "time_scale": 1000.0, "label_column": None,
+    "val_fraction": None, **RECIPE_DEFAULTS,
 }
 # EMA 0.99 on the 2-D sets: at the CLI's size (256 x 3, batch 512, 4000 steps, checkerboard,
 # seeds 0 and 1) it cut the energy distance from 0.0067 to 0.0021 and sliced W1 from 0.078
@@ -56,6 +58,12 @@ def resolve_config(**overrides):
     """Defaults (MNIST's for data="mnist"), then the given non-None overrides; validated."""
     data = overrides.get("data") or DEFAULTS["data"]
     config = dict(DEFAULTS)
+    user_file = is_data_file(data)
+    if user_file:  # the network sized from the file, a held-out split (fm_numpy/userdata.py)
+        config.update(data_defaults(data, overrides.get("label_column"), overrides.get("arch"),
+                                    overrides.get("steps")))
+    elif overrides.get("label_column") is not None or overrides.get("val_fraction"):
+        raise ValueError("label_column and val_fraction are for the user's own data files")
     if data == "mnist":
         config.update({"mlp": MNIST_DEFAULTS, "resmlp": MNIST_RESMLP_DEFAULTS}.get(
             overrides.get("arch"), MNIST_CONVNET_DEFAULTS))
@@ -90,14 +98,14 @@ def resolve_config(**overrides):
         raise ValueError(f"dtype must be float32 or float64, got {config['dtype']!r}")
     if not 0 <= config["label_dropout"] < 1:
         raise ValueError(f"label_dropout must lie in [0, 1), got {config['label_dropout']}")
-    if config["data"] not in ("mnist", CUSTOM, *TOY_DATASETS):
+    if config["data"] not in ("mnist", CUSTOM, *TOY_DATASETS) and not user_file:
         raise ValueError(f"unknown data set {config['data']!r}; choose mnist or one of "
                          f"{', '.join(TOY_DATASETS)}")
     make_scheduler(config["scheduler"])  # raises ValueError for an unknown name
     if config["arch"] not in (*ARCHITECTURES, CUSTOM):
         raise ValueError(f"unknown architecture {config['arch']!r}; choose one of "
                          f"{', '.join(ARCHITECTURES)}")
-    if config["arch"] == "convnet" and config["data"] not in ("mnist", CUSTOM):
+    if config["arch"] == "convnet" and config["data"] not in ("mnist", CUSTOM) and not user_file:
         raise ValueError(f"the convnet U-Net needs images (data mnist), not {config['data']!r}")
     check_fewstep_settings(config)
     if not (real(config["time_scale"]) and 0 < config["time_scale"] < math.inf):
