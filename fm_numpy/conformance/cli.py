@@ -12,11 +12,18 @@ findings, 2 for a usage error (one line `fm-numpy: error: ...`). KIND-specific o
     path               --scheduler NAME (default condot), --scheduler-arg KEY=VALUE (repeatable,
                        e.g. sigma_min=1e-4, n=3, beta_min=0.1)
     solver             --method NAME (default euler; euler, midpoint, heun, rk4, or adaptive
-                       names such as RK45, dopri5), --order P and --nfe-per-step K for others
+                       names such as RK45, dopri5), --order P and --nfe-per-step K for others,
+                       --states last (a sampler returning only the end), --no-backward
     velocity           --data 8gaussians, --tol X (default 0.1)
     likelihood         --divergence exact|hutchinson
     guidance           (none)
     diffusion_to_flow  --prediction epsilon|v|x0
+    training           --scheduler, --scheduler-arg, --objective fm|meanflow, --times
+                       any|uniform|logit-normal, --num-classes K, --label-dropout P,
+                       --ratio R (MeanFlow: fraction with r != t), --reduction mean|any
+    time_sampling      --times, --ratio
+    seeded             --deterministic (an ODE sampler: the generator need not matter)
+    prediction         --predict x1|x0, --scheduler, --scheduler-arg
 """
 
 import importlib
@@ -28,13 +35,19 @@ __all__ = ["add_check_parser", "cmd_check", "load_callable", "KIND_OPTIONS"]
 
 KIND_OPTIONS = {
     "path": ("scheduler", "scheduler_arg"),
-    "solver": ("method", "order", "nfe_per_step"),
+    "solver": ("method", "order", "nfe_per_step", "states", "backward"),
     "velocity": ("data", "tol"),
     "likelihood": ("divergence",),
     "guidance": (),
     "diffusion_to_flow": ("prediction",),
+    "training": ("scheduler", "scheduler_arg", "objective", "times", "num_classes",
+                 "label_dropout", "ratio", "reduction"),
+    "time_sampling": ("times", "ratio"),
+    "seeded": ("deterministic",),
+    "prediction": ("predict", "scheduler", "scheduler_arg"),
 }
 ALL_OPTIONS = sorted({o for opts in KIND_OPTIONS.values() for o in opts})
+DEST = {"backward": "backward", "deterministic": "stochastic"}  # option -> argparse dest
 
 
 def add_check_parser(subparsers):
@@ -51,6 +64,20 @@ def add_check_parser(subparsers):
     p.add_argument("--method", help="solver: euler, midpoint, heun, rk4, RK45, dopri5, ...")
     p.add_argument("--order", type=float, help="solver: order of a method the kit does not know")
     p.add_argument("--nfe-per-step", type=int, help="solver: its evaluations per step")
+    p.add_argument("--states", choices=("all", "last"), help="solver: what the solver returns")
+    p.add_argument("--no-backward", dest="backward", action="store_const", const=False,
+                   help="solver: skip the decreasing grid")
+    p.add_argument("--objective", choices=("fm", "meanflow"), help="training: the objective")
+    p.add_argument("--times", choices=("any", "uniform", "logit-normal"),
+                   help="training, time_sampling: the law of t")
+    p.add_argument("--num-classes", type=int, help="training: pass labels 0..K-1")
+    p.add_argument("--label-dropout", type=float, help="training: expected label dropout")
+    p.add_argument("--ratio", type=float, help="training, time_sampling: MeanFlow's fraction "
+                   "of pairs with r != t")
+    p.add_argument("--reduction", choices=("mean", "any"), help="training: the loss reduction")
+    p.add_argument("--deterministic", dest="stochastic", action="store_const", const=False,
+                   help="seeded: an ODE sampler")
+    p.add_argument("--predict", choices=("x1", "x0"), help="prediction: what convert returns")
     p.add_argument("--data", help="velocity: 8gaussians")
     p.add_argument("--tol", type=float, help="velocity: relative error allowed (default 0.1)")
     p.add_argument("--divergence", help="likelihood: exact or hutchinson")
@@ -101,11 +128,11 @@ def _kwargs(args):
     if args.kind not in KIND_OPTIONS:
         raise ValueError(f"unknown check {args.kind!r}; choose one of {', '.join(KIND_OPTIONS)}")
     for name in ALL_OPTIONS:
-        if getattr(args, name) is not None and name not in KIND_OPTIONS[args.kind]:
-            flag = "--" + name.replace("_", "-")
+        if getattr(args, DEST.get(name, name)) is not None and name not in KIND_OPTIONS[args.kind]:
+            flag = "--" + {"backward": "no-backward"}.get(name, name).replace("_", "-")
             raise ValueError(f"{flag} does not apply to `check {args.kind}`")
     kwargs = {}
-    if args.kind == "path":
+    if args.kind in ("path", "training", "prediction"):
         kwargs["scheduler"] = args.scheduler or "condot"
         for item in args.scheduler_arg or ():
             key, sep, value = item.partition("=")
@@ -118,12 +145,29 @@ def _kwargs(args):
             kwargs["order"] = args.order
         if args.nfe_per_step is not None:
             kwargs["nfe_per_step"] = args.nfe_per_step
+        kwargs["states"] = args.states or "all"
+        if args.backward is not None:
+            kwargs["backward"] = False
     elif args.kind == "velocity":
         kwargs.update(data=args.data or "8gaussians", tol=0.1 if args.tol is None else args.tol)
     elif args.kind == "likelihood":
         kwargs["divergence"] = args.divergence or "exact"
     elif args.kind == "diffusion_to_flow":
         kwargs["prediction"] = args.prediction or "epsilon"
+    if args.kind in ("training", "time_sampling"):
+        kwargs["law" if args.kind == "time_sampling" else "times"] = args.times or "any"
+        if args.ratio is not None:
+            kwargs["ratio"] = args.ratio
+    if args.kind == "training":
+        kwargs["objective"] = args.objective or "fm"
+        kwargs["reduction"] = args.reduction or "mean"
+        for name in ("num_classes", "label_dropout"):
+            if getattr(args, name) is not None:
+                kwargs[name] = getattr(args, name)
+    elif args.kind == "seeded" and args.stochastic is not None:
+        kwargs["stochastic"] = False
+    elif args.kind == "prediction":
+        kwargs["target"] = args.predict or "x1"
     return kwargs
 
 
