@@ -1,0 +1,102 @@
+"""Threads and precision for training on a CPU: chosen once per run, printed, recorded.
+
+Threads. torch runs its intra-op work on OpenMP threads (libgomp in the pip builds). At
+the end of every parallel region a thread that is done waits for the others, and by
+default it *spins* for a while before it sleeps. When another process holds one of the
+cores, the thread that lives there is descheduled, and its partner spins through a whole
+scheduler time slice at every one of the thousands of barriers of a training step: on the
+2-core build machine two threads then ran a U-Net step 2.8-5.4x slower than one thread
+(docs/benchmarks.md, "Threads under load"). A waiting thread that yields instead of
+spinning (OMP_WAIT_POLICY=PASSIVE, or a short GOMP_SPINCOUNT) removes the collapse. libgomp
+reads these variables once, when torch loads it, so `openmp_wait_policy()` must run
+before `import torch` (fm_torch/__init__.py calls it); a value the user set is kept.
+
+Precision. bf16 autocast helps a CPU with native bf16 arithmetic (AVX512-BF16, AMX):
+measured 1.3-2x on such an Intel part (issue 24). Without it the casts cost more than
+they save, so fp32 is chosen there without a probe; with it, a short probe of the real
+training step decides (bf16 only when it is at least 10 % faster).
+"""
+
+import os
+import time
+
+__all__ = ["WAIT_POLICY", "openmp_wait_policy", "usable_cores", "cpu_flags",
+           "native_bf16", "probe_seconds", "choose_cpu_settings"]
+
+# what fm_torch sets unless the user chose: see the module docstring and docs/benchmarks.md
+WAIT_POLICY = {"OMP_WAIT_POLICY": "PASSIVE"}
+BF16_MIN_SPEEDUP = 1.10
+
+
+def openmp_wait_policy(environ=os.environ):
+    """Set WAIT_POLICY's variables where the user has not; returns those set now."""
+    if any(k in environ for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")):
+        return {}
+    environ.update(WAIT_POLICY)
+    return dict(WAIT_POLICY)
+
+
+def usable_cores():
+    """The cores this process may run on (its affinity mask; os.cpu_count() elsewhere)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def cpu_flags(cpuinfo="/proc/cpuinfo"):
+    """The CPU's feature flags (Linux); an empty set where they cannot be read."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bf16(flags=None):
+    """True when the CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16)."""
+    flags = cpu_flags() if flags is None else flags
+    return bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def probe_seconds(step, reps=3):
+    """Median seconds of `step()` over `reps` calls after one warm-up call."""
+    step()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def choose_cpu_settings(threads=None, bf16=None, probe=None, flags=None):
+    """{"threads": n, "bf16": bool, "why": str} for a CPU run.
+
+    threads: the given count, else the usable cores. bf16: the given choice; else fp32 on
+    a CPU without native bf16; else `probe(bf16) -> seconds` of one training step decides
+    (bf16 when at least BF16_MIN_SPEEDUP times faster). Without a probe a native-bf16 CPU
+    gets bf16.
+    """
+    if threads is not None and (isinstance(threads, bool) or int(threads) != threads
+                                or threads < 1):
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    n = int(threads) if threads is not None else usable_cores()
+    why = [f"{n} thread{'s' if n > 1 else ''} ({'given' if threads else 'usable cores'})"]
+    if bf16 is not None:
+        why.append(f"{'bf16' if bf16 else 'fp32'} (given)")
+        return {"threads": n, "bf16": bool(bf16), "why": ", ".join(why)}
+    if not native_bf16(flags):
+        why.append("fp32 (no native bf16 on this CPU: no avx512_bf16 / amx_bf16)")
+        return {"threads": n, "bf16": False, "why": ", ".join(why)}
+    if probe is None:
+        why.append("bf16 (native bf16 on this CPU)")
+        return {"threads": n, "bf16": True, "why": ", ".join(why)}
+    fp32_s, bf16_s = probe(False), probe(True)
+    use = fp32_s >= BF16_MIN_SPEEDUP * bf16_s
+    why.append(f"{'bf16' if use else 'fp32'} (probe: a step takes {1000 * fp32_s:.0f} ms in "
+               f"fp32, {1000 * bf16_s:.0f} ms in bf16)")
+    return {"threads": n, "bf16": use, "why": ", ".join(why)}
