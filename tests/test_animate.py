@@ -1,4 +1,4 @@
-"""--animate: GIFs of sampling, one frame per solver step (fm_numpy/animate.py, fm_torch/animate.py)."""
+"""--animate: GIFs of sampling, one frame per solver step (fm_numpy/ and fm_torch/animate.py)."""
 
 import os
 
