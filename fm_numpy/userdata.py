@@ -82,7 +82,10 @@ class UserData:
         self.rec, self.label_column = _read_data(spec, label_column), label_column
         n = len(self.rec.x)
         f = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
-        self.train_idx, self.val_idx = split_indices(n, f, seed)
+        try:
+            self.train_idx, self.val_idx = split_indices(n, f, seed)
+        except ValueError as e:
+            raise ValueError(f"{self.rec.path}: {e}") from None
         self.split = {"val_fraction": float(f), "seed": int(seed),
                       "n_train": len(self.train_idx), "n_val": len(self.val_idx)}
         self.train = RowView(self.rec.x, self.train_idx)
