@@ -31,7 +31,7 @@ from fm_numpy.ema import EMA
 from fm_numpy.interrupt import DeferredSigint, DeferredStop, TrainingInterrupted
 from fm_numpy.io import load_npz, read_log, save_json, save_npz, write_log
 from fm_numpy.loop import Callback, Progress, TrainingDiverged, TrainState, fit
-from fm_numpy.models import model_class
+from fm_numpy.models import network_for
 from fm_numpy.models.threads import threaded
 from fm_numpy.objectives import FlowMatching, MeanFlow
 from fm_numpy.optim import Adam
@@ -71,10 +71,10 @@ def build(config, data=None, net=None, threads=None):
         extra = {"mean_flow": True} if meanflow else {}
         if config["arch"] == "mlp":
             extra["time_scale"] = config["time_scale"]
-        D = int(np.prod(source.shape))
-        model = model_class(config["arch"])(D, config["hidden"], config["depth"],
-                                            config["time_features"], source.num_classes,
-                                            seed=config["seed"], dtype=dtype, **extra)
+        model = network_for(source.shape, source.num_classes, config["arch"],
+                            config["seed"], dtype, hidden=config["hidden"],
+                            depth=config["depth"], time_features=config["time_features"],
+                            **extra)  # images (C, H, W) of any size for the ConvUNet
     # MeanFlow's loss calls the model's own JVP; a user's net runs as it is
     loop_net = model if (meanflow or net is not None) else threaded(model, config["arch"],
                                                                     threads)

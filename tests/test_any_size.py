@@ -190,8 +190,9 @@ def test_network_for_overrides_and_refusals():
     assert (net.hidden, net.depth, net.num_classes) == (8, 1, None)
     assert numpy_network_for((3, 4, 4), 2, arch="mlp").dim == 48  # an MLP on flat images
     assert torch_network_for((1, 8, 8), 3, base=16).config["base"] == 16
-    with pytest.raises(ValueError, match="needs images"):
-        numpy_network_for((64,), 3, arch="convnet")
+    assert numpy_network_for((64,), 3, arch="convnet").shape == (1, 8, 8)  # flat squares
+    with pytest.raises(ValueError, match="dim must be channels"):
+        numpy_network_for((63,), 3, arch="convnet")
     with pytest.raises(ValueError, match="takes vectors"):
         torch_network_for((1, 8, 8), 3, arch="mlp")
     with pytest.raises(ValueError, match="a sample's shape must be"):

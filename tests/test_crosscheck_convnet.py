@@ -270,33 +270,26 @@ def test_convnet_mnist_defaults_use_the_recipe_schedule():
         resolve_config(data="moons", arch="convnet")
 
 
-def test_short_training_run_lowers_the_loss(tmp_path, monkeypatch):
-    from fm_numpy import train as train_module
+def test_short_training_run_lowers_the_loss(tmp_path):
+    from fm_numpy.data import ArraySource
     from fm_numpy.train import train
 
-    class Tiny:  # 8x8 images of a bright square at a random place, 2 classes
-        num_classes, dim = 2, 64
-
-        def __init__(self, dtype, n_train=None):
-            pass
-
-        def draw(self, rng, B):
-            y = rng.integers(0, 2, B)
-            img = -np.ones((B, 8, 8), np.float32)
-            for i, c in enumerate(y):
-                r = rng.integers(0, 5)
-                img[i, r:r + 3, 4 * c:4 * c + 3] = 1.0
-            return img.reshape(B, 64), y
-
-    monkeypatch.setattr(train_module, "_MnistData", Tiny)
-    settings = dict(progress=False, data="mnist", arch="convnet", steps=150, batch=32,
+    # 8x8 images of a bright square at a random row, its column given by the class (2)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 512)
+    img = -np.ones((512, 8, 8), np.float32)
+    for i, c in enumerate(y):
+        r = rng.integers(0, 5)
+        img[i, r:r + 3, 4 * c:4 * c + 3] = 1.0
+    source = ArraySource(img, y)
+    settings = dict(progress=False, arch="convnet", steps=150, batch=32,
                     hidden=4, depth=2, time_features=8, ckpt_every=50, lr=5e-3, warmup=10,
                     lr_schedule="constant")  # a decaying schedule refuses a longer resume
-    model, losses = train(tmp_path / "run", **settings)
-    assert isinstance(model, NumpyConvUNet)
+    model, losses = train(tmp_path / "run", data=source, **settings)
+    assert isinstance(model, NumpyConvUNet) and model.shape == (1, 8, 8)
     first, last = np.mean([v for _, v in losses[:15]]), np.mean([v for _, v in losses[-15:]])
     assert last < 0.8 * first, (first, last)
-    resumed, _ = train(tmp_path / "run", resume=True, **dict(settings, steps=155))
+    resumed, _ = train(tmp_path / "run", resume=True, data=source, **dict(settings, steps=155))
     assert isinstance(resumed, NumpyConvUNet)
 
 

@@ -6,7 +6,7 @@ import json
 import numpy as np
 
 from fm_numpy.io import load_npz
-from fm_numpy.models.sizing import default_sizes, sample_shape
+from fm_numpy.models.sizing import default_sizes, image_shape, sample_shape
 
 __all__ = ["ARCHITECTURES", "model_class", "load_model", "network_for"]
 
@@ -51,11 +51,14 @@ def network_for(shape, num_classes=None, arch=None, seed=0, dtype=np.float32, **
 
     arch None picks "mlp" for vectors and "convnet" for images; `sizes` (hidden, depth,
     time_features, ...) override the rule of fm_numpy.models.sizing.default_sizes. The
-    network takes x flat, (B, prod(shape)), as every fm_numpy network.
+    network takes x flat, (B, prod(shape)), as every fm_numpy network. A "convnet" for
+    vectors (D,) reads them as one square channel (reflow pairs of MNIST are flat).
     """
     shape = sample_shape(shape)
     arch = arch or ("mlp" if len(shape) == 1 else "convnet")
     cls = model_class(arch)
+    if arch == "convnet" and len(shape) == 1:  # flat square images (reflow pairs, old runs)
+        shape = image_shape(shape[0])  # (1, S, S), or a ValueError naming dim
     sizes = {**default_sizes(shape, arch), **sizes}
     if arch == "convnet":
         C, H, W = shape
