@@ -8,8 +8,12 @@ models) are handed over as torch callables. `check_<kind>` does both steps:
     from fm_torch.conformance import check_path
     report = check_path(my_torch_sample, "condot")
 
-For check_likelihood the kit's field is rebuilt as fm_torch.analytic.GaussianMixtureField
-(differentiable, so autograd divergences work) and handed over without a divergence method.
+check_training_step hands the torch loss `TorchProbe`, an nn.Module forward(x, t=None, y=None,
+r=None) whose output is the kit's probe output plus a slice of one zero parameter, so
+autograd gives dL/d output of every call (also through torch.func.jvp, whose inputs are
+unwrapped to record them). For check_likelihood the kit's field is rebuilt as
+fm_torch.analytic.GaussianMixtureField (differentiable, so autograd divergences work) and
+handed over without a divergence method.
 """
 
 import numpy as np
@@ -20,7 +24,9 @@ from fm_numpy import conformance as _np_conformance
 __all__ = ["to_tensor", "to_array", "wrap_path", "wrap_solver", "wrap_velocity",
            "wrap_likelihood", "wrap_guidance", "wrap_diffusion_to_flow", "WRAPPERS",
            "check_path", "check_solver", "check_velocity", "check_likelihood",
-           "check_guidance", "check_diffusion_to_flow"]
+           "check_guidance", "check_diffusion_to_flow", "TorchProbe", "wrap_training",
+           "wrap_time_sampling", "wrap_seeded", "wrap_prediction", "check_training_step",
+           "check_time_sampling", "check_seeded", "check_prediction"]
 
 
 def to_tensor(a):
@@ -123,9 +129,111 @@ def wrap_diffusion_to_flow(convert):
     return _name(convert, wrapped)
 
 
+def _plain(x):
+    """The values of a tensor, also inside torch.func transforms and forward-mode AD."""
+    from torch._C import _functorch as F
+    from torch.autograd import forward_ad
+
+    if not isinstance(x, torch.Tensor):
+        return x
+    while F.is_functorch_wrapped_tensor(x) or F.is_gradtrackingtensor(x):
+        x = F.get_unwrapped(x)
+    guard = torch._C._DisableFuncTorch()  # noqa: F841 -- read the values as repr does
+    x = forward_ad.unpack_dual(x).primal  # the primal of a forward-mode dual
+    return x.detach().cpu().numpy().copy()
+
+
+class TorchProbe(torch.nn.Module):
+    """The kit's probe network in torch: u = e + bank slice + beta t + gamma r (see above)."""
+
+    def __init__(self, probe, capacity):
+        super().__init__()
+        self.probe = probe
+        self.bank = torch.nn.Parameter(torch.zeros(capacity, dtype=torch.float64))
+        self.slots, self.offset = [], 0
+
+    def forward(self, x, t=None, y=None, r=None, **kwargs):
+        probe = self.probe
+        probe.output(_plain(x), _plain(t), _plain(y), _plain(r))
+        call = probe.calls[-1]
+        e = call.out.copy()  # (n, D) minus the time terms, added back in torch for the JVP
+        if call.t is not None:
+            e -= call.t[:, None] * probe.beta
+        if call.r is not None:
+            e -= call.r[:, None] * probe.gamma
+        n = e.size
+        if self.offset + n > self.bank.numel():
+            raise ValueError("the loss called the network more often than the probe allows")
+        u = torch.as_tensor(e) + self.bank[self.offset:self.offset + n].view(e.shape)
+        self.slots.append((call, self.offset, n))
+        self.offset += n
+        for time, slope in ((t, probe.beta), (r, probe.gamma)):
+            if time is not None and np.any(slope):
+                tt = torch.as_tensor(time, dtype=torch.float64).reshape(-1, 1)
+                u = u + tt.to(torch.float64) * torch.as_tensor(slope)
+        dtype = x.dtype if x.is_floating_point() else torch.float64
+        return u.reshape(x.shape).to(dtype)
+
+
+def wrap_training(loss_fn, calls_per_step=8):
+    """loss_fn(model, x1, y[, x0]) on tensors (model a TorchProbe) -> the NumPy form."""
+    from fm_numpy.conformance.training import _takes_x0
+
+    def run(probe, x1, y, x0=None):
+        module = TorchProbe(probe, calls_per_step * x1.size)
+        args = (module, to_tensor(x1), to_tensor(y)) + (() if x0 is None else (to_tensor(x0),))
+        loss = loss_fn(*args)
+        loss = loss[0] if isinstance(loss, (tuple, list)) else loss
+        (grad,) = torch.autograd.grad(loss, [module.bank], allow_unused=True)
+        grad = np.zeros(module.bank.shape) if grad is None else grad.detach().numpy()
+        for call, offset, n in module.slots:
+            call.grad = grad[offset:offset + n].reshape(call.out.shape)
+        return float(loss.detach()), None
+
+    if _takes_x0(loss_fn):
+        def wrapped(model, x1, y, x0):
+            return run(model, x1, y, x0)
+    else:
+        def wrapped(model, x1, y):
+            return run(model, x1, y)
+    return _name(loss_fn, wrapped)
+
+
+def _generator(rng):
+    return torch.Generator().manual_seed(int(rng.integers(2**62)))
+
+
+def wrap_time_sampling(sampler):
+    """sampler(n, generator) -> t or (r, t) tensors -> sampler(n, rng) on arrays."""
+    def wrapped(n, rng):
+        out = sampler(n, _generator(rng))
+        if isinstance(out, (tuple, list)):
+            return tuple(to_array(o) for o in out)
+        return to_array(out)
+    return _name(sampler, wrapped)
+
+
+def wrap_seeded(sampler):
+    """sampler(v, x0, generator) on tensors -> the NumPy form; torch's global RNG is reseeded
+    from NumPy's (which the kit seeds), so a draw from the global stream shows."""
+    def wrapped(v, x0, rng):
+        torch.manual_seed(int(np.random.randint(2**31)))
+        return to_array(sampler(_torch_field(v), to_tensor(x0), _generator(rng)))
+    return _name(sampler, wrapped)
+
+
+def wrap_prediction(convert):
+    """convert(xt, v, t) on tensors -> arrays."""
+    def wrapped(xt, v, t):
+        return to_array(convert(to_tensor(xt), to_tensor(v), to_tensor(t)))
+    return _name(convert, wrapped)
+
+
 WRAPPERS = {"path": wrap_path, "solver": wrap_solver, "velocity": wrap_velocity,
             "likelihood": wrap_likelihood, "guidance": wrap_guidance,
-            "diffusion_to_flow": wrap_diffusion_to_flow}
+            "diffusion_to_flow": wrap_diffusion_to_flow, "training": wrap_training,
+            "time_sampling": wrap_time_sampling, "seeded": wrap_seeded,
+            "prediction": wrap_prediction}
 
 
 def check_path(sample, scheduler="condot", **scheduler_args):
@@ -156,3 +264,24 @@ def check_guidance(guided):
 def check_diffusion_to_flow(convert, prediction="epsilon"):
     """fm_numpy.conformance.check_diffusion_to_flow of a torch convert(model, abar, prediction)."""
     return _np_conformance.check_diffusion_to_flow(wrap_diffusion_to_flow(convert), prediction)
+
+
+def check_training_step(loss_fn, scheduler="condot", **options):
+    """fm_numpy.conformance.check_training_step of a torch loss_fn(model, x1, y[, x0])."""
+    return _np_conformance.check_training_step(wrap_training(loss_fn), scheduler, **options)
+
+
+def check_time_sampling(sampler, law="any", **options):
+    """fm_numpy.conformance.check_time_sampling of a torch sampler(n, generator)."""
+    return _np_conformance.check_time_sampling(wrap_time_sampling(sampler), law, **options)
+
+
+def check_seeded(sampler, stochastic=True):
+    """fm_numpy.conformance.check_seeded of a torch sampler(v, x0, generator)."""
+    return _np_conformance.check_seeded(wrap_seeded(sampler), stochastic)
+
+
+def check_prediction(convert, target="x1", scheduler="condot", **scheduler_args):
+    """fm_numpy.conformance.check_prediction of a torch convert(xt, v, t)."""
+    return _np_conformance.check_prediction(wrap_prediction(convert), target, scheduler,
+                                            **scheduler_args)

@@ -106,6 +106,17 @@ def pair_findings(report, r, t, ratio=None, law="any"):
     pooled = np.concatenate([r[differ], t[differ]]) if np.any(differ) else t
     ok_r = time_findings(report, r, None, "r")
     ok_t = ok_r and time_findings(report, pooled, law, "times of pairs with r != t")
+    if ok_t and np.sum(differ) >= 20:
+        # r of a pair is the smaller of two independent draws: F(r) ~ 1 - (1 - u)^2 with F
+        # the pooled law (r = U t, a fraction of t, is not)
+        u = np.searchsorted(np.sort(pooled), r[differ], side="right") / pooled.size
+        p_min = float(stats.kstest(u, lambda q: 1 - (1 - q) ** 2).pvalue)
+        ok_t = report.row("r = the smaller of two draws (KS p)", f"{p_min:.2g}",
+                          f">= {P_REJECT:g}", p_min >= P_REJECT)
+        if not ok_t:
+            report.fail("time-distribution", f"r is not the smaller of two independent draws "
+                        f"of the times' law (KS p = {p_min:.2g}); fix: draw two times and sort "
+                        "them, r, t = min, max (MeanFlow section 4.3)")
     return after == 0 and ok_r and ok_t
 
 

@@ -84,9 +84,11 @@ def fit_path(report, rows, sched, exact, objective):
             e = _err(a[keep], s[keep], ca[keep], cs[keep], exact)
             cand = dict(code=code, name=name, a=ca, s=cs, da=cda, ds=cds, err=e, tz=tz,
                         to=to, tname=tname, keep=keep)
-            if best is None or e < best["err"] - 1e-12 or (code == "ok" and e <= tol
-                                                            and best["code"] != "ok"):
-                best = cand
+            # the expected path within tolerance wins (SigmaMinOT(1e-4) is CondOT to the
+            # statistical fit); among equals the smaller error
+            rank = (not (code == "ok" and e <= tol), e)
+            if best is None or rank < best["rank"]:
+                best = dict(cand, rank=rank)
     how = "exact fit" if exact else "fitted from the noise's norm, RMS"
     ok = report.row(f"xt = alpha_t x1 + sigma_t x0 ({how})", f"{best['err']:.1e}"
                     if best["code"] == "ok" else f"{best['name']}", f"{tol:g}",
