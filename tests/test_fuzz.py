@@ -269,3 +269,76 @@ def test_cli_valid_runs_exit_0(tmp_path):
 def teardown_module():
     shutil.rmtree(_DIR, ignore_errors=True)
     torch.set_num_threads(_TORCH_THREADS)
+
+
+# ---------------------------------------------------------------------------- the user's data
+# (issue 21) Each reader of the user's files gets random bytes, truncations and bit flips of
+# a valid file: it loads or raises one line. Every bad-data case of tests/datafile_cases.py
+# goes through both CLIs' train: exit 2, one line naming the file, no run folder left.
+from datafile_cases import BAD_NAMES, bad_cases  # noqa: E402
+
+from fm_numpy.datafiles import read_data  # noqa: E402
+from fm_numpy.png import encode_png  # noqa: E402
+
+
+def _user_files():
+    d = os.path.join(_DIR, "user")
+    os.makedirs(d)
+    files = {"user_npy": os.path.join(d, "x.npy"), "user_npz": os.path.join(d, "d.npz"),
+             "user_csv": os.path.join(d, "t.csv"), "user_png": os.path.join(d, "a.png")}
+    np.save(files["user_npy"], np.arange(18, dtype=np.float32).reshape(6, 3))
+    np.savez(files["user_npz"], x=np.zeros((6, 4, 4), np.uint8), y=np.arange(6) % 2)
+    with open(files["user_csv"], "w") as f:
+        f.write("a,b,y\n1,2.5,0\n-3,4e1,1\n5,6,0\n")
+    with open(files["user_png"], "wb") as f:
+        f.write(encode_png(np.arange(48, dtype=np.uint8).reshape(4, 4, 3), filter_type=4))
+    return files
+
+
+USER_FILES = _user_files()
+_RAW.update({k: open(v, "rb").read() for k, v in USER_FILES.items()})
+
+
+@pytest.mark.parametrize("kind", sorted(USER_FILES))
+@given(data=st.data())
+def test_user_data_readers_load_or_raise_one_line(kind, data):
+    blob = _corrupt(kind, data)
+    folder = tempfile.mkdtemp(dir=_DIR)
+    name = os.path.basename(USER_FILES[kind])
+    with open(os.path.join(folder, name), "wb") as f:
+        f.write(blob)
+    target = folder if kind == "user_png" else os.path.join(folder, name)  # an image folder
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            read_data(target, label_column="y" if kind == "user_csv" else None,
+                      cache_dir=False)
+    except ValueError as e:
+        assert "\n" not in str(e).strip(), str(e)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_the_valid_user_files_load():
+    for kind, path in USER_FILES.items():
+        target = os.path.dirname(path) if kind == "user_png" else path
+        if kind != "user_png":
+            read_data(target, label_column="y" if kind == "user_csv" else None)
+    folder = tempfile.mkdtemp(dir=_DIR)
+    shutil.copy(USER_FILES["user_png"], folder)
+    assert read_data(folder, cache_dir=False).x.shape == (1, 4, 4, 3)
+
+
+@pytest.mark.parametrize("package", ["fm_numpy", "fm_torch"])
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_cli_train_bad_data_exit_2_no_run_folder(package, name, tmp_path):
+    from importlib import import_module
+
+    path, kw, words = bad_cases(str(tmp_path))[name]
+    out = str(tmp_path / "run")
+    argv = ["train", "--data", path, *TRAIN_SAFE, "--out", out]
+    if kw.get("label_column"):
+        argv += ["--label-column", kw["label_column"]]
+    code, err = _run_cli(import_module(f"{package}.cli").main, argv)
+    _check(code, err, package.replace("_", "-"))
+    assert code == 2 and words in err and not os.path.exists(out), err
