@@ -89,3 +89,105 @@ def test_resume_takes_the_runs_own_settings_where_none_are_given(tmp_path):
     assert [v for _, v in losses] == [v for _, v in full_losses]
     with pytest.raises(ValueError, match="ema_decay"):
         train(tmp_path / "r", resume=True, progress=False, data="moons", ema_decay=0.9)
+
+
+def _images(n=64, seed=0):
+    """8x8 images of a bright square, its column given by the class (2 classes)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)  # (n,)
+    img = -np.ones((n, 8, 8), np.float32)  # (n, 8, 8)
+    for i, c in enumerate(y):
+        r = rng.integers(0, 5)
+        img[i, r:r + 3, 4 * c:4 * c + 3] = 1.0
+    return img, y
+
+
+def _assert_same_run(a, b):
+    """Every array of two run folders' checkpoint.npz and model.npz: weights, EMA, Adam's
+    moments and step count, the generator's state."""
+    for name in ("checkpoint.npz", "model.npz"):
+        x, y = load_npz(a / name), load_npz(b / name)
+        assert sorted(x) == sorted(y)
+        for key in x:
+            assert np.array_equal(x[key], y[key]), (name, key)
+    ckpt = load_npz(a / "checkpoint.npz")
+    assert any(k.startswith("adam.m.") for k in ckpt) and any(k.startswith("ema.") for k in ckpt)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "resmlp", "convnet"])
+def test_resume_is_bit_identical_for_every_network(tmp_path, arch):
+    """Stopped at step 6 and resumed to 10 == 10 steps at once, for all three networks, with
+    labels, label dropout and an EMA (the MLP/ResMLP on labelled vectors, the ConvUNet on
+    8x8 images)."""
+    from fm_numpy.data import ArraySource
+
+    img, y = _images()
+    x = img if arch == "convnet" else img.reshape(len(img), 64)[:, ::8]  # (n, 8) vectors
+    settings = dict(progress=False, threads=1, arch=arch, batch=16, hidden=4, depth=2,
+                    time_features=4, lr=5e-3, ema_decay=0.9, label_dropout=0.3, ckpt_every=3)
+    data = ArraySource(x, y)
+    train(tmp_path / "full", data=data, steps=10, **settings)
+    train(tmp_path / "part", data=data, steps=6, **settings)
+    train(tmp_path / "part", resume=True, data=data, steps=10, **settings)
+    _assert_same_run(tmp_path / "full", tmp_path / "part")
+
+
+class _SignalAt:
+    """Draws that send `signum` to this process `times` times at the x0 draw of step `at`
+    (1-based), mid-step, as a preemption would arrive."""
+
+    def __init__(self, inner, signum, at, times=1):
+        self.inner, self.signum, self.at, self.times, self.count = inner, signum, at, times, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def normal(self, name, shape, dtype):
+        import os
+
+        if name == "x0":
+            self.count += 1
+            if self.count == self.at:
+                for _ in range(self.times):
+                    os.kill(os.getpid(), self.signum)
+        return self.inner.normal(name, shape, dtype)
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_a_signal_stops_at_a_whole_step_with_a_checkpoint(tmp_path, signame):
+    """SIGTERM (and SIGINT) mid-step 7: the step finishes, a checkpoint of step 7 is written,
+    TrainingInterrupted is raised, the handlers are restored, and the resume reaches the
+    uninterrupted run's weights bit for bit."""
+    import signal
+
+    from fm_numpy.draws import RngDraws
+    from fm_numpy.train import TrainingInterrupted
+
+    signum = getattr(signal, signame)
+    before = signal.getsignal(signum)
+    settings = dict(progress=False, steps=12, ckpt_every=5, **TINY)
+    train(tmp_path / "full", **settings)
+    draws = _SignalAt(RngDraws(np.random.default_rng(0)), signum, at=7)
+    with pytest.raises(TrainingInterrupted, match="interrupted at step 7"):
+        train(tmp_path / "part", draws=draws, **settings)
+    assert signal.getsignal(signum) == before
+    assert int(load_npz(tmp_path / "part" / "checkpoint.npz")["step"]) == 7
+    train(tmp_path / "part", resume=True, **settings)
+    _assert_same_run(tmp_path / "full", tmp_path / "part")
+
+
+def test_a_second_signal_aborts_at_once(tmp_path):
+    """Two SIGTERMs in step 7: KeyboardInterrupt at once (not the save-then-stop path); the
+    checkpoint on disk is still step 5's."""
+    import signal
+
+    from fm_numpy.draws import RngDraws
+    from fm_numpy.train import TrainingInterrupted
+
+    before = signal.getsignal(signal.SIGTERM)
+    draws = _SignalAt(RngDraws(np.random.default_rng(0)), signal.SIGTERM, at=7, times=2)
+    with pytest.raises(KeyboardInterrupt) as info:
+        train(tmp_path / "r", draws=draws, progress=False, steps=12, ckpt_every=5, **TINY)
+    assert not isinstance(info.value, TrainingInterrupted)
+    assert int(load_npz(tmp_path / "r" / "checkpoint.npz")["step"]) == 5
+    assert signal.getsignal(signal.SIGTERM) == before
