@@ -4,11 +4,13 @@
     fm-numpy sample --model runs/8g/model.npz --method rk4 --steps 20 -n 10000 --out s.npz
 
 Each subcommand is one `add_<name>_parser(subparsers)` function that registers its
-arguments and sets `func`; add a new one to SUBCOMMANDS. Every ValueError,
-FileNotFoundError or OSError becomes one line `fm-numpy: error: ...` and exit status 2.
+arguments and sets `func`; add a new one to SUBCOMMANDS. Every ValueError, and an
+OSError about a path given (missing, not allowed), becomes one line `fm-numpy: error: ...`
+and exit status 2 (bad input); an I/O fault (a full disk, a quota) one line and exit 1.
 """
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -21,21 +23,40 @@ PROG = "fm-numpy"
 
 
 # ---------------------------------------------------------------------- plots
-def _pyplot():
-    import matplotlib
+# matplotlib's object API (a Figure with no pyplot): the global backend a notebook or
+# script chose is left alone, and nothing is kept in pyplot's figure registry.
+# matplotlib is optional: without it the commands skip their plots with one line.
+def plots_available(prog=PROG):
+    """True when matplotlib imports; else one line on stderr and False."""
+    try:
+        import matplotlib.figure  # noqa: F401
+    except ImportError:
+        sys.stderr.write(f"{prog}: matplotlib is not installed; plots skipped "
+                         "(pip install 'fm-dual[plot]')\n")
+        return False
+    return True
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    return plt
+def _figure(**kwargs):
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
+
+def save_png(fig, path, **kwargs):
+    """fig as a PNG at path, written atomically (a temporary file renamed over path)."""
+    from fm_numpy.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", **kwargs)
 
 
 def plot_loss(losses, path):
     """loss.csv as a curve (raw and a 100-step running mean), log scale."""
-    plt = _pyplot()
     steps = np.array([s for s, _ in losses])
     values = np.array([v for _, v in losses])
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = _figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     ax.plot(steps, values, lw=0.5, alpha=0.4, label="loss")
     if len(values) >= 100:
         smooth = np.convolve(values, np.ones(100) / 100, mode="valid")
@@ -45,26 +66,24 @@ def plot_loss(losses, path):
     ax.set_ylabel("mean (v - ut)^2")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_png(fig, path, dpi=100)
 
 
 def plot_samples_2d(samples, data, path):
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(8, 4), sharex=True, sharey=True)
+    fig = _figure(figsize=(8, 4))
+    axes = fig.subplots(1, 2, sharex=True, sharey=True)
     for ax, pts, title in ((axes[0], data, "data"), (axes[1], samples, "samples")):
         ax.scatter(pts[:, 0], pts[:, 1], s=1, alpha=0.3)
         ax.set_title(f"{title} ({len(pts)})")
         ax.set_aspect("equal")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_png(fig, path, dpi=100)
 
 
 def plot_trajectories_2d(xs, path, n_paths=300):
     """xs (steps+1, N, 2): a few paths from noise (t=0) to data (t=1)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = _figure(figsize=(5, 5))
+    ax = fig.subplots()
     k = min(n_paths, xs.shape[1])
     ax.plot(xs[:, :k, 0], xs[:, :k, 1], lw=0.4, alpha=0.5, color="gray")
     ax.scatter(xs[0, :k, 0], xs[0, :k, 1], s=3, color="tab:blue", label="x0 (t=0)")
@@ -72,49 +91,48 @@ def plot_trajectories_2d(xs, path, n_paths=300):
     ax.set_aspect("equal")
     ax.legend(loc="upper right")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_png(fig, path, dpi=100)
 
 
 def plot_field_2d(model, path, times=(0.0, 0.25, 0.5, 0.75, 1.0), lim=3.0, n=21):
     """The learned v(x, t) on a grid at a few times (unconditional)."""
-    plt = _pyplot()
     g = np.linspace(-lim, lim, n)
     gx, gy = np.meshgrid(g, g)
     grid = np.stack([gx.ravel(), gy.ravel()], axis=1)  # (n^2, 2)
-    fig, axes = plt.subplots(1, len(times), figsize=(3 * len(times), 3))
+    fig = _figure(figsize=(3 * len(times), 3))
+    axes = np.atleast_1d(fig.subplots(1, len(times)))
     for ax, t in zip(axes, times, strict=True):
         v = model(grid, t)  # (n^2, 2)
         ax.quiver(grid[:, 0], grid[:, 1], v[:, 0], v[:, 1], np.hypot(v[:, 0], v[:, 1]))
         ax.set_title(f"v(x, t={t:g})")
         ax.set_aspect("equal")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_png(fig, path, dpi=100)
 
 
 def plot_digit_grid(images, labels, path):
     """A 10 x 10 grid: row c holds the first ten samples of class c."""
-    plt = _pyplot()
     canvas = np.ones((10 * 28, 10 * 28))
     for c in range(10):
         idx = np.flatnonzero(labels == c)[:10]
         for j, i in enumerate(idx):
             canvas[28 * c:28 * (c + 1), 28 * j:28 * (j + 1)] = images[i]
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = _figure(figsize=(5, 5))
+    ax = fig.subplots()
     ax.imshow(canvas, cmap="gray", vmin=0, vmax=1)
     ax.set_yticks(14 + 28 * np.arange(10), [str(c) for c in range(10)])
     ax.set_xticks([])
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_png(fig, path, dpi=100)
 
 
 # ---------------------------------------------------------------------- train
 def add_train_parser(subparsers):
     p = subparsers.add_parser("train", help="train an MLP velocity field by flow matching")
     p.add_argument("--data", default="8gaussians",
-                   help="mnist or a 2-D toy set: moons, 8gaussians, checkerboard, spirals, circles")
+                   help="mnist, a 2-D toy set (moons, 8gaussians, checkerboard, spirals, "
+                        "circles), or your own data: a .npy, .npz or .csv file or a folder "
+                        "of PNG/JPEG images (docs/own_data.md)")
     p.add_argument("--steps", type=int, help="optimizer steps (default 6000; mnist 2800)")
     p.add_argument("--batch", type=int, help="batch size (default 512; mnist 32)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default 2e-3; mnist 2e-3)")
@@ -137,6 +155,9 @@ def add_train_parser(subparsers):
     p.add_argument("--max-grad-norm", type=float, help="clip the global gradient norm")
     p.add_argument("--dtype", choices=("float32", "float64"), help="default float32")
     p.add_argument("--n-train", type=int, help="use only the first N MNIST training images")
+    from fm_numpy.cli_userdata import add_data_arguments
+
+    add_data_arguments(p)  # --label-column, --val-fraction
     p.add_argument("--ema-decay", type=float,
                    help="EMA decay of the weights saved in model.npz (default 0.99; mnist 0: "
                         "none)")
@@ -154,9 +175,10 @@ def add_train_parser(subparsers):
 
 
 def cmd_train(args):
+    from fm_numpy.cli_userdata import data_settings, default_out
     from fm_numpy.train import train
 
-    out = args.out or os.path.join("runs", args.data)
+    out = args.out or default_out(args.data)
     settings = dict(data=args.data, steps=args.steps, batch=args.batch, lr=args.lr,
                     hidden=args.hidden, depth=args.depth, time_features=args.time_features,
                     scheduler=args.scheduler, seed=args.seed, ckpt_every=args.ckpt_every,
@@ -166,12 +188,15 @@ def cmd_train(args):
     from fm_numpy.cli_fewstep import fewstep_settings
 
     settings.update(fewstep_settings(args))
+    settings.update(data_settings(args))
     _, losses = train(out, resume=args.resume, progress=not args.no_progress,
                       threads=args.threads, **settings)
     if losses:
-        plot_loss(losses, os.path.join(out, "loss.png"))
+        plotted = plots_available()
+        if plotted:
+            plot_loss(losses, os.path.join(out, "loss.png"))
         print(f"trained to step {losses[-1][0]}, last loss {losses[-1][1]:.4f}; wrote "
-              f"{os.path.join(out, 'model.npz')} and loss.png")
+              f"{os.path.join(out, 'model.npz')}" + (" and loss.png" if plotted else ""))
     return 0
 
 
@@ -191,8 +216,21 @@ def add_sample_parser(subparsers):
     p.add_argument("--threads", type=int,
                    help="slices of each chunk computed at once, one thread each (default 1 "
                         "for an mlp, else the usable cores up to 4)")
+    p.add_argument("--per-class", type=int,
+                   help="class models: this many samples of each class, in class order "
+                        "(instead of -n, classes in turn)")
     p.add_argument("--out", required=True, help="samples .npz (PNGs are written beside it)")
     p.set_defaults(func=cmd_sample)
+
+
+def sample_memory(n, sample_bytes, chunk, num_classes, steps, whole=False):
+    """Bytes `sample` holds at once for n samples of sample_bytes each: the labels (int64,
+    one per sample, class models), a chunk's solver states (a handful of copies; rk4 keeps
+    5) and, for MeanFlow's unchunked steps (whole=True), every state of the whole batch.
+    The samples themselves stream to the .npz (disk, check_output_fits)."""
+    labels = 8 * n if num_classes else 0
+    states = (steps + 2) * n if whole else 8 * min(n, chunk)
+    return labels + states * sample_bytes
 
 
 def _run_config(model_path):
@@ -204,6 +242,7 @@ def _run_config(model_path):
 
 
 def cmd_sample(args):
+    from fm_numpy.io import check_memory
     from fm_numpy.models import load_model
     from fm_numpy.models.threads import threaded
     from fm_numpy.sampling import NpzStreamWriter, check_output_fits, sample_in_chunks
@@ -215,12 +254,22 @@ def cmd_sample(args):
     model = load_model(args.model)  # MLP, ResMLP or ConvUNet, from the file's config
     if args.chunk is None:  # a guided ConvUNet chunk of 1024 cached about 10 GB of patches
         args.chunk = 100 if model.config.get("arch") == "convnet" else 1024
+    from fm_numpy.cli_userdata import class_labels, sample_user_run
+    from fm_numpy.userdata import run_data_info
+
+    info = run_data_info(args.model)
+    if info is not None:  # a run on the user's own data: samples in the data's units
+        return sample_user_run(args, model, info)
     run = _run_config(args.model)
     image = model.dim == 784
     row_bytes = model.dim * model.dtype.itemsize + (8 if image else 0)  # samples [+ labels]
     check_output_fits(args.out, args.n * row_bytes, f"-n {args.n} ({args.out})")
+    check_memory(sample_memory(args.n, model.dim * model.dtype.itemsize, args.chunk,
+                               model.num_classes, args.steps,
+                               getattr(model, "mean_flow", False) and args.method == "euler"),
+                 f"-n {args.n}")
     rng = np.random.default_rng(args.seed)
-    labels = np.arange(args.n) % model.num_classes if model.num_classes else None  # in turn
+    labels, args.n = class_labels(model.num_classes, args.n, args.per_class)  # in turn
     net = threaded(model, model.config.get("arch", "mlp"), args.threads)  # batch slices
     field = net
     if model.num_classes:
@@ -256,6 +305,9 @@ def cmd_sample(args):
             if labels is not None:
                 writer.write(labels)
     x1 = np.concatenate(head)[:keep]  # (<= keep, ...)
+    if (image or model.dim == 2) and not plots_available():
+        print(f"wrote {args.out} ({args.n} {'images' if image else 'samples'})")
+        return 0
     if image:
         if labels is not None:
             plot_digit_grid(x1, labels[:len(x1)], stem + "_grid.png")
@@ -287,10 +339,11 @@ def cmd_sample(args):
 # ---------------------------------------------------------------------- main
 from fm_numpy.cli_fewstep import add_reflow_parser  # noqa: E402  (issue 12's subcommand)
 from fm_numpy.cli_likelihood import add_likelihood_parser  # noqa: E402  (H3's subcommand)
+from fm_numpy.cli_userdata import add_evaluate_parser  # noqa: E402  (the user's data)
 from fm_numpy.conformance.cli import add_check_parser  # noqa: E402  (issue 15's subcommand)
 
 SUBCOMMANDS = [add_train_parser, add_sample_parser, add_likelihood_parser, add_check_parser,
-               add_reflow_parser]
+               add_reflow_parser, add_evaluate_parser]
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -312,11 +365,31 @@ def build_parser(prog=PROG, description="Flow matching in NumPy: train and sampl
     return parser
 
 
+# OSErrors that name a path the user gave that cannot be used: bad input. Every other one
+# (a full disk, a quota, an I/O error of the device) is a fault of the run's surroundings.
+_INPUT_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EACCES,
+                 errno.EPERM, errno.ENAMETOOLONG, errno.ELOOP, errno.EROFS}
+
+
+def is_bad_input(e):
+    """True when an OSError means "this path cannot be used" (exit 2), False for a fault
+    such as ENOSPC or EDQUOT (exit 1). An OSError without errno was raised by our code about
+    the input."""
+    return e.errno is None or e.errno in _INPUT_ERRNOS
+
+
 def run_command(args, prog, diverged_error):
-    """Run args.func; bad input -> exit 2, divergence -> 1, Ctrl-C -> 130, one line each."""
+    """Run args.func; bad input -> exit 2, divergence or an I/O fault (full disk, quota,
+    device error) -> 1, Ctrl-C -> 130, one line each."""
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, OSError) as e:
+    except OSError as e:
+        if is_bad_input(e):
+            sys.stderr.write(f"{prog}: error: {e}\n")
+            return 2
+        sys.stderr.write(f"{prog}: error: I/O failure, not bad input: {e}\n")
+        return 1
+    except ValueError as e:
         sys.stderr.write(f"{prog}: error: {e}\n")
         return 2
     except diverged_error as e:

@@ -64,11 +64,14 @@ def add_reflow_parser(subparsers):
 
 
 def cmd_reflow(args):
+    from fm_numpy.models import load_model
     from fm_numpy.reflow import reflow
 
     if args.pairs < 1 or args.solver_steps < 1:
         raise ValueError(f"--pairs and --solver-steps must be positive, got {args.pairs} and "
                          f"{args.solver_steps}")
+    teacher = load_model(args.teacher)
+    check_pairs_fit(args.pairs, teacher.dim * teacher.dtype.itemsize, args.out)
     _, losses = reflow(args.teacher, args.pairs, args.out, seed=args.seed, method=args.method,
                        solver_steps=args.solver_steps, guidance=args.guidance, resume=args.resume,
                        progress=not args.no_progress, distill=args.distill,
@@ -77,6 +80,19 @@ def cmd_reflow(args):
         print(f"student trained to step {losses[-1][0]}, last loss {losses[-1][1]:.4f}; wrote "
               f"{os.path.join(args.out, 'pairs.npz')} and {os.path.join(args.out, 'model.npz')}")
     return 0
+
+
+def check_pairs_fit(pairs, sample_bytes, out):
+    """One line (ValueError) when `pairs` (x0, x1) pairs of sample_bytes each, with a label,
+    cannot fit: pairs.npz on disk (unless it exists: a resume reuses it) and in memory twice
+    (the pairs are made whole, then the student's training loads the file)."""
+    from fm_numpy.io import check_disk, check_memory
+
+    nbytes = pairs * (2 * sample_bytes + 8)  # x0, x1 and an int64 label per pair
+    path = os.path.join(out, "pairs.npz")
+    if not os.path.exists(path):
+        check_disk(path, nbytes, f"--pairs {pairs} ({path})")
+    check_memory(2 * nbytes, f"--pairs {pairs}")
 
 
 def _student_settings(args):

@@ -133,6 +133,12 @@ def check_args(args):
                         ("--n-probes", args.n_probes)):
         if value < 1:
             raise ValueError(f"{flag} must be positive, got {value}")
+    from .io import check_memory
+
+    # held in memory: the test points (float64) with a dequantised copy for mnist, and the
+    # per-point results; one batch's ODE state is small beside them
+    dim = 784 if args.data == "mnist" else 2
+    check_memory(n * (3 * dim + 4) * 8, f"-n {n}")
     return n, batch
 
 

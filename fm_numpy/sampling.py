@@ -12,12 +12,11 @@ faster on a CPU once a batch's activations no longer fit in the cache.
 """
 
 import os
-import shutil
 import zipfile
 
 import numpy as np
 
-from fm_numpy.io import atomic_path
+from fm_numpy.io import atomic_path, check_disk
 from fm_numpy.solvers import odeint
 
 __all__ = ["DEFAULT_CHUNK", "sample_in_chunks", "check_output_fits", "NpzStreamWriter"]
@@ -72,14 +71,9 @@ def sample_in_chunks(v, x0, t_grid, method="euler", chunk=DEFAULT_CHUNK, y=None,
 
 
 def check_output_fits(path, nbytes, what="the output"):
-    """ValueError (one line) when nbytes would not fit in the free space of path's folder."""
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    while not os.path.isdir(folder):  # the folder is created later: ask the nearest parent
-        folder = os.path.dirname(folder)
-    free = shutil.disk_usage(folder).free
-    if nbytes > free:
-        raise ValueError(f"{what} needs {nbytes / 1e9:.3g} GB but only {free / 1e9:.3g} GB are "
-                         f"free in {folder}")
+    """ValueError (one line) when nbytes would not fit in the free space of path's folder
+    (fm_numpy.io.check_disk)."""
+    check_disk(path, nbytes, what)
 
 
 class NpzStreamWriter:

@@ -6,8 +6,8 @@
         --per-class 10 --out grid.png --npz samples.npz
 
 Each subcommand is one `add_<name>_parser(subparsers)` function that registers its
-arguments and sets `func`; add a new one to SUBCOMMANDS. Every ValueError,
-FileNotFoundError or OSError becomes one line `fm-torch: error: ...` and exit status 2.
+arguments and sets `func`; add a new one to SUBCOMMANDS. Errors map to exit statuses as in
+fm-numpy (fm_numpy.cli.run_command): bad input 2, an I/O fault (full disk) or divergence 1.
 """
 
 import argparse
@@ -144,6 +144,29 @@ def _strip_indices(steps):
 
 
 _GRID_PER_CLASS = 100  # the PNG grid shows at most this many images per class
+_SCATTER_POINTS = 100_000  # the 2-D scatter shows at most this many points
+
+
+def _check_sample_fits(args, mnist, whole):
+    """Refuse, in one line before any work, a count whose samples cannot be kept: beyond
+    what the PNG shows without --npz (they would be computed and thrown away), beyond the
+    free disk for --npz (streamed there), or beyond the memory for what is held at once
+    (the labels, the picture's rows, a chunk's solver states; the whole trajectory when
+    the sampler is not chunked: a DDPM's samplers, MeanFlow)."""
+    from fm_numpy.io import check_disk, check_memory
+
+    n, size, what = ((10 * args.per_class, 784, f"--per-class {args.per_class}") if mnist
+                     else (args.n, 2, f"-n {args.n}"))
+    shown = 10 * _GRID_PER_CLASS if mnist else _SCATTER_POINTS
+    if args.npz is None and n > shown:
+        raise ValueError(f"{what} without --npz: {args.out} shows {shown} samples and the "
+                         f"other {n - shown} would be computed and thrown away; add --npz "
+                         "FILE to keep them")
+    if args.npz:
+        row_bytes = 4 * size + (8 if mnist else 0)  # float32 rows [+ int64 labels]
+        check_disk(args.npz, n * row_bytes, f"{n} samples ({args.npz})")
+    states = (2 * (args.steps + 1) * n) if whole else (min(shown, n) + 8 * min(n, args.chunk))
+    check_memory(8 * n * mnist + 4 * size * states, what)
 
 
 def cmd_sample(args):
@@ -151,7 +174,7 @@ def cmd_sample(args):
     import torch
 
     from fm_torch.plots import save_image_grid, save_scatter
-    from fm_torch.sampling import NpzStreamWriter, check_output_fits, sample_in_chunks
+    from fm_torch.sampling import NpzStreamWriter, sample_in_chunks
     from fm_torch.solvers import ClassifierFreeGuidance
     from fm_torch.train import load_model, sample
 
@@ -165,15 +188,14 @@ def cmd_sample(args):
     from fm_torch.cli_diffusion import sampler_for
 
     chosen = sampler_for(checkpoint, args)  # a DDPM: its flow ODE (--as-flow) or DDIM
-    if chosen is not sample or getattr(model, "mean_flow", False):
+    whole = chosen is not sample or getattr(model, "mean_flow", False)
+    _check_sample_fits(args, checkpoint["config"]["data"] == "mnist", whole)
+    if whole:
         return _sample_whole(args, model, checkpoint, chosen)  # not chunked
     g = torch.Generator().manual_seed(args.seed)
     stem = os.path.splitext(args.out)[0]
     mnist = checkpoint["config"]["data"] == "mnist"
     n, shape = (10 * args.per_class, (1, 28, 28)) if mnist else (args.n, (2,))
-    if args.npz:
-        row_bytes = 4 * int(np.prod(shape)) + (8 if mnist else 0)  # float32 rows [+ labels]
-        check_output_fits(args.npz, n * row_bytes, f"{n} samples ({args.npz})")
     # rows whose whole path is plotted: the first of each class (MNIST), the first 300 (2-D)
     traced = (np.arange(10) * args.per_class) if mnist else np.arange(min(n, 300))
     x0_traced, drawn = {}, [0]
@@ -296,14 +318,14 @@ def _sample_whole(args, model, checkpoint, sample):
 
 
 def _plot_trajectories_2d(xs, path, n_paths=300):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """xs (steps+1, N, 2): the first paths from t = 0 to 1, a PNG written atomically (a
+    matplotlib Figure, no pyplot: the global backend is left alone)."""
+    from matplotlib.figure import Figure
 
     from fm_numpy.io import atomic_path
 
-    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    fig = Figure(figsize=(4, 4), dpi=100)
+    ax = fig.subplots()
     ax.plot(xs[:, :n_paths, 0], xs[:, :n_paths, 1], lw=0.4, alpha=0.4, color="tab:gray")
     ax.scatter(xs[0, :n_paths, 0], xs[0, :n_paths, 1], s=3, color="tab:blue", label="t = 0")
     ax.scatter(xs[-1, :n_paths, 0], xs[-1, :n_paths, 1], s=3, color="tab:red", label="t = 1")
@@ -313,7 +335,6 @@ def _plot_trajectories_2d(xs, path, n_paths=300):
     ax.legend(loc="upper right", fontsize=7)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", bbox_inches="tight")
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------------- main

@@ -143,6 +143,12 @@ def cmd_evaluate(args):
         raise ValueError("--n must be >= 2, --steps and --judge-steps positive")
     if args.out and not args.out.lower().endswith(".json"):
         raise ValueError(f"--out must name a .json file, got {args.out!r}")
+    if args.samples is None:
+        from fm_numpy.io import check_memory
+
+        # the noise, the images and their concatenation (float32 784 each), labels, the
+        # judge's features of each image
+        check_memory(args.n * (3 * 4 * 784 + 8 + 8 * 256), f"--n {args.n}")
     if args.samples is not None:
         if not os.path.isfile(args.samples):
             raise FileNotFoundError(f"no such samples file: {args.samples}")

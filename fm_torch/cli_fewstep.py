@@ -7,7 +7,7 @@ Registered in fm_torch/cli.py; the options are fm_numpy.cli_fewstep's (one vocab
 
 import os
 
-from fm_numpy.cli_fewstep import _student_settings, add_reflow_arguments
+from fm_numpy.cli_fewstep import _student_settings, add_reflow_arguments, check_pairs_fit
 
 __all__ = ["add_reflow_parser"]
 
@@ -25,6 +25,10 @@ def cmd_reflow(args):
     if args.pairs < 1 or args.solver_steps < 1:
         raise ValueError(f"--pairs and --solver-steps must be positive, got {args.pairs} and "
                          f"{args.solver_steps}")
+    from fm_torch.io import load_checkpoint
+
+    mnist = load_checkpoint(args.teacher).get("config", {}).get("data") == "mnist"
+    check_pairs_fit(args.pairs, 4 * (784 if mnist else 2), args.out)  # float32 pairs
     _, losses = reflow(args.teacher, args.pairs, args.out, seed=args.seed, method=args.method,
                        solver_steps=args.solver_steps, guidance=args.guidance,
                        resume=args.resume, progress=not args.no_progress, device=args.device,

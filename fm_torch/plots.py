@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from fm_numpy.io import atomic_path
+from fm_torch.sampling import sample
 
 __all__ = ["to_unit", "save_image_grid", "save_scatter", "plot_progress"]
 
@@ -17,11 +18,11 @@ def to_unit(x):
 
 
 def save_image_grid(path, images, rows):
-    """Tile images (N, 28, 28) in [0, 1] into `rows` rows and write a grey PNG atomically."""
-    import matplotlib
+    """Tile images (N, 28, 28) in [0, 1] into `rows` rows and write a grey PNG atomically.
+    matplotlib.image.imsave needs no figure and no backend (pyplot is never imported, so a
+    notebook's backend is left as it was)."""
+    from matplotlib.image import imsave
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     images = np.asarray(images, dtype=np.float32)
     n, h, w = images.shape
     cols = -(-n // rows)
@@ -32,17 +33,16 @@ def save_image_grid(path, images, rows):
         canvas[top : top + h, left : left + w] = images[i]
     canvas = np.kron(canvas, np.ones((3, 3), dtype=np.float32))  # 3x upscale for viewing
     with atomic_path(path) as tmp:
-        plt.imsave(tmp, canvas, cmap="gray", vmin=0, vmax=1, format="png")
+        imsave(tmp, canvas, cmap="gray", vmin=0, vmax=1, format="png")
 
 
 def save_scatter(path, points, title=""):
-    """Scatter plot of 2-D points (N, 2), written as a PNG atomically."""
-    import matplotlib
+    """Scatter plot of 2-D points (N, 2), written as a PNG atomically (a matplotlib Figure,
+    no pyplot: the global backend is left alone)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    fig = Figure(figsize=(4, 4), dpi=100)
+    ax = fig.subplots()
     ax.scatter(points[:, 0], points[:, 1], s=1, alpha=0.5)
     ax.set_xlim(-4, 4)
     ax.set_ylim(-4, 4)
@@ -50,14 +50,11 @@ def save_scatter(path, points, title=""):
     ax.set_title(title)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", bbox_inches="tight")
-    plt.close(fig)
 
 
 def plot_progress(out, config, model, step, device):
     """out/samples_<step>.png during training: a 10x10 class grid (guidance 2, midpoint 10
     steps) for MNIST, a scatter of 2000 samples for the 2-D sets; fixed noise (seed 1234)."""
-    from fm_torch.train import sample  # train.py imports this module
-
     g = torch.Generator().manual_seed(1234)
     model.eval()
     if config["data"] == "mnist":
