@@ -95,13 +95,21 @@ def test_blocks_are_shared_between_threads_and_each_done_once(monkeypatch):
     import threading
 
     monkeypatch.setenv("FM_NUMPY_THREADS", "2")
-    seen, names, both = [], set(), threading.Barrier(2)
+    seen, names = [], set()
+    has_a_block = {"caller": threading.Event(), "helper": threading.Event()}
 
     def work(r0, r1):
         name = threading.current_thread().name
-        if name not in names:  # each thread's first block waits until the other has one
+        me, other = ("helper", "caller") if name.startswith("fm_numpy") else ("caller", "helper")
+        if name not in names:
+            # each thread's first block waits until the other thread holds one. No clock
+            # decides this: the helper is submitted before the caller drains, both claim
+            # from one counter and the waiting thread holds only one block, so the other
+            # arrives however loaded the machine is. The bound only ends a broken run (one
+            # thread doing everything) instead of hanging the suite.
             names.add(name)
-            both.wait(5)
+            has_a_block[me].set()
+            assert has_a_block[other].wait(600), f"the {other} thread never took a block"
         seen.append((r0, r1))
 
     kernels._run_rows(work, 4096, 256)  # 1 << 20 numbers, blocks of 128 rows
