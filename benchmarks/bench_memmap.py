@@ -9,10 +9,10 @@ through the real command line (`fm-numpy train --data big.npy`, or `fm-torch tra
 reports the child's peak resident memory (ru_maxrss of the child, and VmHWM read by the
 child itself at exit), its wall time, and the file's size. The child's peak counts every
 page of the file it has mapped and touched (RssFile), so it is the honest number:
-- opening: the NaN/Inf scan and the scaling's fit read the rows in blocks (RowView), and
-  the mapped pages are dropped every 64 blocks (madvise MADV_DONTNEED);
-- training: each batch reads B random rows (one 4 KiB page each), pages dropped every 64
-  batches; the split's index arrays cost 16 bytes a row.
+- opening: the NaN/Inf scan and the scaling's fit read the rows in blocks (RowView reads
+  them with pread at their file offsets, so no mapped page stays in the process);
+- training: each batch reads its B random rows the same way; the split's index arrays
+  cost 16 bytes a row (the permutation 8, the training indices 8).
 Not a test: it takes a minute or two and 2 GB of disk.
 """
 

@@ -314,3 +314,18 @@ def test_too_few_samples_for_the_split():
 def test_missing_path_is_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such data file"):
         read_data(tmp_path / "nope.csv")
+
+
+def test_row_view_reads_a_mapped_npy_by_offset(tmp_path):
+    """np.load's memory map of an .npy is read with pread at the rows' offsets (no mapped
+    pages in this process); every kind of index gives x's rows."""
+    x = np.random.default_rng(1).standard_normal((500, 3, 2)).astype(">f4")  # big-endian
+    np.save(tmp_path / "x.npy", x)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    view = RowView(mapped, np.arange(3, 480))
+    assert view._file is not None
+    for key in (slice(10, 60), [5, 400, 7, 7], np.sort(np.random.default_rng(2).choice(
+            477, 200, replace=False)), slice(0, 477, 3)):
+        assert np.array_equal(view[key], x[3:480][key])
+    assert np.array_equal(view[4], x[7])
+    assert RowView(mapped[1:]).__dict__["_file"] is None  # a view of the map: indexed as is
