@@ -342,3 +342,80 @@ def test_cli_train_bad_data_exit_2_no_run_folder(package, name, tmp_path):
     code, err = _run_cli(import_module(f"{package}.cli").main, argv)
     _check(code, err, package.replace("_", "-"))
     assert code == 2 and words in err and not os.path.exists(out), err
+
+
+# ------------------------------------------------- counts beyond memory or disk (issue 23)
+# Every command that takes a count refuses one whose samples cannot fit the free disk (the
+# streamed .npz outputs) or the available memory (what is held at once), or that would be
+# computed only to be thrown away (fm-torch sample's PNG without --npz): one line, exit 2,
+# before any work (no output written). Counts of 1e13 and more exceed any disk or memory
+# this suite runs on (8 bytes each is 80 TB).
+from hypothesis import settings  # noqa: E402
+
+
+def _mnist_ckpt():
+    from fm_torch.train_config import build_model, resolve_config
+
+    path = os.path.join(_DIR, "mnist_ckpt.pt")
+    config = resolve_config(data="mnist", base=4, mults=[1], res_blocks=1, time_features=4)
+    state = build_model(config).state_dict()
+    save_checkpoint(path, {"config": config, "model": state, "ema": {"model": state},
+                           "step": 0})
+    return path
+
+
+_MNIST_CKPT = _mnist_ckpt()
+COUNT_COMMANDS = {
+    "numpy sample -n": ("fm_numpy", ["sample", "--model", _MODEL, "--out", "{out}/s.npz",
+                                     "-n", "{n}"]),
+    "numpy likelihood -n": ("fm_numpy", ["likelihood", "--model", _MODEL, "-n", "{n}",
+                                         "--out", "{out}/l.json"]),
+    "numpy reflow --pairs": ("fm_numpy", ["reflow", "--teacher", _MODEL, "--out", "{out}/r",
+                                          "--pairs", "{n}"]),
+    "torch sample -n": ("fm_torch", ["sample", "--model", VALID["ckpt"], "--out", "{out}/s.png",
+                                     "-n", "{n}"]),
+    "torch sample -n --npz": ("fm_torch", ["sample", "--model", VALID["ckpt"], "--out",
+                                           "{out}/s.png", "--npz", "{out}/s.npz", "-n", "{n}"]),
+    "torch sample --per-class": ("fm_torch", ["sample", "--model", _MNIST_CKPT, "--out",
+                                              "{out}/g.png", "--per-class", "{n}"]),
+    "torch sample --per-class --npz": ("fm_torch", ["sample", "--model", _MNIST_CKPT, "--out",
+                                                    "{out}/g.png", "--npz", "{out}/g.npz",
+                                                    "--per-class", "{n}"]),
+    "torch evaluate --n": ("fm_torch", ["evaluate", "--model", _MNIST_CKPT, "--out",
+                                        "{out}/e.json", "--n", "{n}"]),
+    "torch likelihood -n": ("fm_torch", ["likelihood", "--model", VALID["ckpt"], "-n", "{n}",
+                                         "--out", "{out}/l.json"]),
+    "torch reflow --pairs": ("fm_torch", ["reflow", "--teacher", VALID["ckpt"], "--out",
+                                          "{out}/r", "--pairs", "{n}"]),
+}
+
+
+@pytest.mark.parametrize("command", sorted(COUNT_COMMANDS))
+@settings(max_examples=5, deadline=None)
+@given(n=st.integers(10**13, 10**18))
+def test_cli_counts_beyond_memory_or_disk_are_refused(command, n):
+    from importlib import import_module
+
+    package, argv = COUNT_COMMANDS[command]
+    out = _fresh_out()
+    try:
+        argv = [a.format(out=out, n=n) for a in argv]
+        code, err = _run_cli(import_module(f"{package}.cli").main, argv)
+        _check(code, err, package.replace("_", "-"))
+        assert code == 2, err
+        assert any(w in err for w in ("of memory but only", "are free in", "thrown away")), err
+        assert os.listdir(out) == [], os.listdir(out)  # refused before any work
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def test_cli_counts_that_fit_still_run(tmp_path):
+    """The same commands with a small count pass the checks (the refusal is not a blanket
+    one): fm-torch sample writes its PNG and .npz."""
+    from fm_torch.cli import main
+
+    code, err = _run_cli(main, ["sample", "--model", _MNIST_CKPT, "--per-class", "2",
+                                "--steps", "1", "--out", str(tmp_path / "g.png"),
+                                "--npz", str(tmp_path / "g.npz")])
+    assert code == 0, err
+    assert load_npz(tmp_path / "g.npz")["images"].shape == (20, 28, 28)
