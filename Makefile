@@ -23,8 +23,12 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e ".[torch,plot,threads,test,dev,diffusers]" $(TORCH_PIN)
 	touch $(STAMP)
 
+# make test explores: hypothesis draws from a new seed each run (printed at the top and the
+# end, with the command that replays it); a plain `pytest` keeps the derandomised `ci` profile.
+HYPOTHESIS_PROFILE ?= explore
+
 test: $(STAMP)
-	$(TEST_ENV) $(BIN)/python -m pytest -q --durations=15
+	HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(TEST_ENV) $(BIN)/python -m pytest -q --durations=15
 
 test-fast: $(STAMP)
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow"
