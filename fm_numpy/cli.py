@@ -257,17 +257,20 @@ def cmd_sample(args):
     from fm_numpy.cli_userdata import class_labels, sample_user_run
     from fm_numpy.userdata import run_data_info
 
+    per_class = getattr(args, "per_class", None)
+    n = model.num_classes * per_class if per_class and model.num_classes else args.n
+    count = f"--per-class {per_class}" if n != args.n else f"-n {n}"
+    check_memory(sample_memory(n, model.dim * model.dtype.itemsize, args.chunk,
+                               model.num_classes, args.steps,
+                               getattr(model, "mean_flow", False) and args.method == "euler"),
+                 count)  # before any work; the .npz streams to disk, checked below
     info = run_data_info(args.model)
     if info is not None:  # a run on the user's own data: samples in the data's units
         return sample_user_run(args, model, info)
     run = _run_config(args.model)
     image = model.dim == 784
     row_bytes = model.dim * model.dtype.itemsize + (8 if image else 0)  # samples [+ labels]
-    check_output_fits(args.out, args.n * row_bytes, f"-n {args.n} ({args.out})")
-    check_memory(sample_memory(args.n, model.dim * model.dtype.itemsize, args.chunk,
-                               model.num_classes, args.steps,
-                               getattr(model, "mean_flow", False) and args.method == "euler"),
-                 f"-n {args.n}")
+    check_output_fits(args.out, n * row_bytes, f"-n {n} ({args.out})")
     rng = np.random.default_rng(args.seed)
     labels, args.n = class_labels(model.num_classes, args.n, args.per_class)  # in turn
     net = threaded(model, model.config.get("arch", "mlp"), args.threads)  # batch slices

@@ -154,6 +154,9 @@ def cmd_evaluate(args):
         z = load_samples(args.samples, info, data.scaling)
     else:
         model = load_model(args.model)
+        from fm_numpy.io import check_memory  # x0 and the samples whole, labels (issue 23)
+
+        check_memory(args.n * (2 * model.dim * model.dtype.itemsize + 8), f"-n {args.n}")
         y_val = data.labels(data.val_idx)
         labels = None if y_val is None else y_val[np.arange(args.n) % len(y_val)]  # their mix
         rng = np.random.default_rng(args.seed)
