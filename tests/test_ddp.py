@@ -61,20 +61,47 @@ def test_ddp_gradient_equals_single_process_gradient(tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_trains_and_resumes(tmp_path):
-    out = tmp_path / "run"
-    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-            "--master_port", "29517", "-m", "fm_torch.cli", "train", "--data", "mnist",
-            "--base", "8", "--mults", "1,2", "--batch", "4", "--n-train", "64", "--steps", "3",
-            "--ckpt-every", "3", "--sample-every", "1000", "--no-progress", "--threads", "1",
-            "--lr-schedule", "constant",  # resumed to more steps: no decaying schedule
-            "--out", str(out)]  # a later --steps overrides this one
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-2000:]
-    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    """Two ranks under torchrun (--standalone: a free port of its own, so parallel runs do
+    not collide); 3 steps, then a resume to 5, end with the weights, EMA and Adam state of
+    an uninterrupted 5-step run bit for bit (gloo's two-rank sum and the CPU kernels are
+    deterministic, and each rank's generator state is in the checkpoint)."""
+
+    def torchrun(out, *extra):
+        args = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", "2", "-m", "fm_torch.cli", "train", "--data", "mnist",
+                "--base", "8", "--mults", "1,2", "--batch", "4", "--n-train", "64",
+                "--ckpt-every", "3", "--sample-every", "1000", "--no-progress",
+                "--threads", "1",
+                "--lr-schedule", "constant",  # resumed to more steps: no decaying schedule
+                "--out", str(out), *extra]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        done = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return torch.load(out / "ckpt.pt", weights_only=True)
+
+    ckpt = torchrun(tmp_path / "run", "--steps", "3")
     assert ckpt["step"] == 3 and ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
     assert not torch.equal(ckpt["rng"][0], ckpt["rng"][1])  # each rank draws its own batch
-    resumed = subprocess.run([*args, "--steps", "5", "--resume"],
-                             capture_output=True, text=True, timeout=300, env=env)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert torch.load(out / "ckpt.pt", weights_only=True)["step"] == 5
+    resumed = torchrun(tmp_path / "run", "--steps", "5", "--resume")
+    whole = torchrun(tmp_path / "whole", "--steps", "5")
+    assert resumed["step"] == whole["step"] == 5
+    _assert_same_tensors(resumed["model"], whole["model"], "model")
+    _assert_same_tensors(resumed["ema"], whole["ema"], "ema")
+    _assert_same_tensors(resumed["optimizer"], whole["optimizer"], "optimizer")
+    _assert_same_tensors(resumed["rng"], whole["rng"], "rng")
+
+
+def _assert_same_tensors(a, b, where):
+    """Nested dicts/lists of tensors and numbers, equal bit for bit."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _assert_same_tensors(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for k, (u, v) in enumerate(zip(a, b, strict=True)):
+            _assert_same_tensors(u, v, f"{where}[{k}]")
+    else:
+        assert a == b, where
