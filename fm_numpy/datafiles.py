@@ -68,6 +68,9 @@ class RowView:
     fault: 300 random batches of 512 rows held 1.4 GB of a 2 GB file. bench_memmap.py.)
     Other arrays are indexed as they are; for any other memory map, its pages are dropped
     from this process every `release_every` reads (madvise MADV_DONTNEED).
+    view[i], view[a:b] and view[index array] read rows; a slice with a step, view[a::k], is
+    a RowView of those rows, read nothing (as numpy's strided slices are views): so
+    x[rank::world], the shard of a rank, costs nothing.
     """
 
     def __init__(self, x, idx=None, release_every=64):
@@ -105,6 +108,8 @@ class RowView:
         return np.frombuffer(bytearray(buf), self.dtype).reshape(len(rows), *self.shape[1:])
 
     def __getitem__(self, key):
+        if isinstance(key, slice) and key.step is not None:
+            return self.rows(np.arange(len(self.idx))[key])
         rows = self.idx[key]
         contiguous = rows.ndim == 1 and len(rows) > 0 and bool(np.all(np.diff(rows) == 1))
         if rows.ndim == 0:

@@ -12,7 +12,8 @@ import torch
 
 from fm_numpy.datafiles import DataFile, RowView, read_data, split_indices
 
-__all__ = ["DataFile", "RowView", "read_data", "split_indices", "shard_rows", "batch_tensors"]
+__all__ = ["DataFile", "RowView", "read_data", "split_indices", "shard_rows", "batch_tensors",
+           "open_user_data"]
 
 
 def shard_rows(x, rank, world_size):
@@ -22,7 +23,7 @@ def shard_rows(x, rank, world_size):
     if len(x) < world_size:
         raise ValueError(f"{len(x)} rows cannot be shared among {world_size} processes")
     view = x if isinstance(x, RowView) else RowView(x)
-    return view.rows(np.arange(rank, len(view), world_size))
+    return view[rank::world_size]  # a RowView: nothing read
 
 
 def batch_tensors(x, y, idx, scaling, dtype=torch.float32, device=None):
@@ -31,3 +32,20 @@ def batch_tensors(x, y, idx, scaling, dtype=torch.float32, device=None):
     x1 = scaling.encode(x[idx], dtype=dtype, device=device)  # (B, *shape)
     labels = None if y is None else torch.as_tensor(np.asarray(y)[idx], device=device)
     return x1, labels
+
+
+def open_user_data(spec, label_column=None, val_fraction=None, seed=0, rank=0, world_size=1):
+    """fm_torch.data.ArraySource of this rank's shard of the training split of the user's
+    file (fm_numpy/userdata.py: the same split and scaling as fm_numpy's, from the same
+    seed); .shape is the model-space sample shape, .info the run folder's data.json."""
+    from fm_numpy.userdata import UserData
+    from fm_torch.data import ArraySource
+
+    data = UserData(spec, label_column, val_fraction, seed)
+    y = data.labels(data.train_idx)
+    # the source shards x[rank::world] itself: a RowView of those rows, nothing read yet
+    src = ArraySource(data.train, None if y is None else torch.from_numpy(y), data.scaling,
+                      num_classes=data.rec.num_classes, rank=rank, world_size=world_size)
+    src.shape = data.rec.shape  # (D,) or (C, H, W), whatever the raw layout
+    src.info = data.info()
+    return src

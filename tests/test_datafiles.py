@@ -329,3 +329,12 @@ def test_row_view_reads_a_mapped_npy_by_offset(tmp_path):
         assert np.array_equal(view[key], x[3:480][key])
     assert np.array_equal(view[4], x[7])
     assert RowView(mapped[1:]).__dict__["_file"] is None  # a view of the map: indexed as is
+
+
+def test_a_strided_slice_is_a_view_that_reads_nothing(tmp_path):
+    x = np.arange(60.0).reshape(30, 2)
+    np.save(tmp_path / "x.npy", x)
+    view = RowView(np.load(tmp_path / "x.npy", mmap_mode="r"), np.arange(2, 30))
+    shard = view[1::3]  # rank 1 of 3
+    assert isinstance(shard, RowView) and shard._fd is None  # no file opened yet
+    assert np.array_equal(shard[:], x[2:30][1::3])
