@@ -368,6 +368,8 @@ _MNIST_CKPT = _mnist_ckpt()
 COUNT_COMMANDS = {
     "numpy sample -n": ("fm_numpy", ["sample", "--model", _MODEL, "--out", "{out}/s.npz",
                                      "-n", "{n}"]),
+    "numpy sample --per-class": ("fm_numpy", ["sample", "--model", VALID["mlp"], "--out",
+                                              "{out}/s.npz", "--per-class", "{n}"]),
     "numpy likelihood -n": ("fm_numpy", ["likelihood", "--model", _MODEL, "-n", "{n}",
                                          "--out", "{out}/l.json"]),
     "numpy reflow --pairs": ("fm_numpy", ["reflow", "--teacher", _MODEL, "--out", "{out}/r",
