@@ -75,8 +75,9 @@ class GaussianMixtureField:
 
     Defined wherever the scheduler's coefficients are finite and every C_k is invertible:
     for all t in [0, 1) when sigma_t > 0 there, and at t = 1 too if every S_k is positive
-    definite and d_sigma_1 sigma_1 is finite (CondOT, SigmaMinOT, Cosine, Polynomial; not
-    LinearVP or VP, whose d_sigma_1 is infinite, giving NaN). At t = 0 it needs a finite
+    definite and the product d_sigma_1 sigma_1, formed from its factors, is finite (CondOT,
+    SigmaMinOT, Cosine, Polynomial; not LinearVP or VP: their product has a finite limit,
+    but d_sigma_1 = -inf times sigma_1 = 0 is NaN in floating point). At t = 0 it needs a finite
     d_alpha_0 (Polynomial(n) with n < 1 has none). p_0 = N(0, I) exactly only when
     alpha_0 = 0 and sigma_0 = 1 (not for VP, whose alpha_0 is small but positive).
     """

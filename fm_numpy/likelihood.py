@@ -29,9 +29,10 @@ log p_z(z) = log p_x(x) + D log 2 (Jacobian of the map) and, because
 log P(k) >= E_u[log p_z(z)] - D log 256 (Jensen; the density of k + u on [0, 256)^D is
 p_z(z) / 256^D),
 
-    bpd = -log P(k) / (D log 2) <= -(log p_x(x) + D log 2) / (D log 2) + 8,
+    bpd = -log P(k) / (D log 2) <= E_u[-(log p_x(x) + D log 2) / (D log 2)] + 8.
 
-which `bits_per_dim` returns per image (an upper bound on the discrete code length).
+`bits_per_dim` returns the bracket + 8 per image for its one draw of u: an unbiased
+estimate of that upper bound on the discrete code length, not a per-image bound.
 """
 
 import math

@@ -94,7 +94,8 @@ class VP:
     """Variance-preserving diffusion (Song et al.) written in flow time.
 
     T(t) = 0.5 (1 - t)^2 (beta_max - beta_min) + (1 - t) beta_min,
-    alpha_t = exp(-T / 2), sigma_t = sqrt(1 - exp(-T)); sigma_1 = 0, so d_sigma_1 = -inf.
+    alpha_t = exp(-T / 2), sigma_t = sqrt(1 - exp(-T)); sigma_1 = 0, so d_sigma_1 = -inf
+    for beta_min > 0 (beta_min = 0: a finite limit, but 0/0 = NaN at t = 1 exactly).
     """
 
     def __init__(self, beta_min=0.1, beta_max=20.0):
