@@ -1,7 +1,7 @@
-"""Data: 2-D toy distributions drawn from a seeded generator, MNIST, and the training loop's
-data sources.
-
-Toy sets return float arrays of shape (n, 2), roughly centred with unit-order scale.
+"""Data for training, by name or object: MNIST's files (here), the 2-D toy sets
+(fm_numpy/toys.py), the loop's data sources (fm_numpy/sources.py), the user's files
+(fm_numpy/userdata.py), all re-exported here, and open_data(spec, dtype, ...), which turns
+a name, a path, an array or a source into a source.
 
 A data source (what fm_numpy/loop.py draws batches from; docs/training_core.md):
     .shape         one sample's shape in model space: (D,) or (C, H, W)
@@ -11,79 +11,30 @@ A data source (what fm_numpy/loop.py draws batches from; docs/training_core.md):
 ToySource (fresh toy samples each batch, the stream of older runs), ArraySource (indices
 "idx" into a possibly memory-mapped raw array, scaling.encode per batch), MnistSource (an
 ArraySource of MNIST with [0, 1] -> [-1, 1]) and PairSource (reflow's fixed (x0, x1) pairs).
-open_data(spec, dtype, ...) turns a name, an array or a source into a source.
 """
 
 import gzip
 import importlib.metadata
-import json
 import os
 import pickle
 import struct
 
 import numpy as np
 
-from fm_numpy.io import atomic_path, load_npz, save_npz
+from fm_numpy.io import atomic_path
+from fm_numpy.sources import (  # noqa: F401
+    AffineScaling,
+    ArraySource,
+    IdentityScaling,
+    PairSource,
+    ToySource,
+    load_pairs,
+    save_pairs,
+)
+from fm_numpy.toys import TOY_DATASETS, sample_toy  # noqa: F401
+from fm_numpy.userdata import is_data_file, open_user_data
 
 __all__ = ["TOY_DATASETS", "sample_toy"]
-
-
-def _moons(n, rng):
-    n_upper = n // 2
-    angle = np.concatenate([rng.uniform(0, np.pi, n_upper), rng.uniform(0, np.pi, n - n_upper)])
-    upper = np.arange(n) < n_upper
-    x = np.where(upper, np.cos(angle), 1 - np.cos(angle))
-    y = np.where(upper, np.sin(angle), 0.5 - np.sin(angle))
-    pts = np.stack([x - 0.5, y - 0.25], axis=1) * 1.5  # (n, 2)
-    return pts + 0.05 * rng.standard_normal((n, 2))
-
-
-def _eight_gaussians(n, rng):
-    angles = 2 * np.pi * rng.integers(0, 8, n) / 8
-    centres = 2.0 * np.stack([np.cos(angles), np.sin(angles)], axis=1)  # (n, 2)
-    return centres + 0.1 * rng.standard_normal((n, 2))
-
-
-def _checkerboard(n, rng):
-    # 8 unit squares on a 4x4 board over [-2, 2]^2, alternate ones filled.
-    x = rng.uniform(-2, 2, n)
-    y = rng.uniform(0, 1, n) + rng.integers(0, 2, n) * 2 - 2  # in [-2, -1) or [0, 1)
-    y = y + (np.floor(x) % 2)  # shift odd columns up by one
-    return np.stack([x, y], axis=1)
-
-
-def _two_spirals(n, rng):
-    n_a = n // 2
-    r = np.sqrt(rng.uniform(0, 1, n)) * 3 * np.pi
-    sign = np.where(np.arange(n) < n_a, 1.0, -1.0)
-    pts = sign[:, None] * np.stack([r * np.cos(r), r * np.sin(r)], axis=1) / (1.5 * np.pi)
-    return pts + 0.05 * rng.standard_normal((n, 2))
-
-
-def _circles(n, rng):
-    radius = np.where(rng.uniform(0, 1, n) < 0.5, 1.0, 2.0)
-    angle = rng.uniform(0, 2 * np.pi, n)
-    pts = radius[:, None] * np.stack([np.cos(angle), np.sin(angle)], axis=1)
-    return pts + 0.05 * rng.standard_normal((n, 2))
-
-
-TOY_DATASETS = {
-    "moons": _moons,
-    "8gaussians": _eight_gaussians,
-    "checkerboard": _checkerboard,
-    "spirals": _two_spirals,
-    "circles": _circles,
-}
-
-
-def sample_toy(name, n, rng=None, dtype=np.float64):
-    """Draw n points of the 2-D toy set `name` from the generator rng (or a seed)."""
-    if name not in TOY_DATASETS:
-        raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(TOY_DATASETS)}")
-    if int(n) <= 0:
-        raise ValueError(f"the number of samples must be positive, got {n}")
-    rng = np.random.default_rng(rng)
-    return TOY_DATASETS[name](int(n), rng).astype(dtype)
 
 
 # ---------------------------------------------------------------------------------------
@@ -284,118 +235,8 @@ def load_mnist(split="train", data_dir=None, cache_dir=None):
     return _mnist_from_package(split, cache_dir)
 
 
-# ---------------------------------------------------------------------------------------
-# Data sources for the training loop (fm_numpy/loop.py)
-
 __all__ += ["IdentityScaling", "AffineScaling", "ToySource", "ArraySource", "MnistSource",
             "PairSource", "open_data", "save_pairs", "load_pairs"]
-
-
-class IdentityScaling:
-    """z = x: the data are already in model space."""
-
-    def encode(self, x):
-        return x
-
-    def decode(self, z):
-        return z
-
-    def to_json(self):
-        return {"kind": "identity"}
-
-
-class AffineScaling:
-    """z = x * scale + shift, x = (z - shift) / scale (MNIST: scale 2, shift -1, [0, 1] ->
-    [-1, 1]); the arithmetic of the raw array's dtype, so float32 images give what the
-    older loop computed for the whole set at once."""
-
-    def __init__(self, scale, shift):
-        self.scale, self.shift = float(scale), float(shift)
-
-    def encode(self, x):
-        return x * self.scale + self.shift
-
-    def decode(self, z):
-        return (z - self.shift) / self.scale
-
-    def to_json(self):
-        return {"kind": "affine", "scale": self.scale, "shift": self.shift}
-
-
-class _GeneratorView:
-    """The few numpy Generator methods the toy sets call, made from named draws with the
-    same values: uniform(lo, hi, n) = lo + (hi - lo) random(n) bit for bit."""
-
-    def __init__(self, draws, name):
-        self.draws, self.name = draws, name
-
-    def uniform(self, low, high, n):
-        return low + (high - low) * self.draws.uniform(self.name, (n,), np.float64)  # (n,)
-
-    def integers(self, low, high, n):
-        return low + self.draws.integers(self.name, high - low, (n,))  # (n,)
-
-    def standard_normal(self, shape):
-        return self.draws.normal(self.name, shape, np.float64)
-
-
-class ToySource:
-    """A 2-D toy set, fresh samples each batch (draws named "toy")."""
-
-    num_classes = None
-    shape = (2,)
-    scaling = IdentityScaling()
-
-    def __init__(self, name, dtype=np.float32):
-        if name not in TOY_DATASETS:
-            raise ValueError(f"unknown data set {name!r}; choose mnist or one of "
-                             f"{', '.join(TOY_DATASETS)}")
-        self.name, self.dtype = name, np.dtype(dtype)
-
-    def batch(self, draws, B):
-        x1 = TOY_DATASETS[self.name](int(B), _GeneratorView(draws, "toy"))  # (B, 2)
-        return x1.astype(self.dtype), None, None
-
-
-def _model_shape(raw_shape):
-    """(D,) for vectors, (1, H, W) for grey images, (C, H, W) as given otherwise."""
-    if len(raw_shape) == 1:
-        return tuple(raw_shape)
-    if len(raw_shape) == 2:
-        return (1, *raw_shape)
-    return tuple(raw_shape)
-
-
-class ArraySource:
-    """Samples x (N, ...) (any array, memory-mapped too) with optional integer labels y (N,);
-    a batch draws idx = draws.integers("idx", N, (B,)) and encodes only those rows."""
-
-    def __init__(self, x, y=None, scaling=None, dtype=np.float32, num_classes=None):
-        if not hasattr(x, "shape") or len(x.shape) < 2 or x.shape[0] < 1:
-            raise ValueError(f"x must be an array of at least one sample, (N, ...), got "
-                             f"shape {getattr(x, 'shape', None)}")
-        self.x, self.dtype = x, np.dtype(dtype)
-        self.scaling = IdentityScaling() if scaling is None else scaling
-        self.shape = _model_shape(x.shape[1:])
-        self.y = None
-        self.num_classes = None
-        if y is not None:
-            y = np.asarray(y)
-            if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
-                raise ValueError(f"y must hold {len(x)} non-negative integer labels, got "
-                                 f"shape {y.shape}, dtype {y.dtype}")
-            self.y = y.astype(np.int64)
-            self.num_classes = int(num_classes or int(self.y.max()) + 1)
-
-    @property
-    def dim(self):
-        return int(np.prod(self.shape))
-
-    def batch(self, draws, B):
-        idx = draws.integers("idx", len(self.x), (int(B),))  # (B,)
-        x1 = self.scaling.encode(self.x[idx])  # (B, ...) in model space
-        x1 = x1.reshape(len(idx), -1).astype(self.dtype)  # (B, D)
-        return x1, (None if self.y is None else self.y[idx]), None
 
 
 class MnistSource(ArraySource):
@@ -408,49 +249,6 @@ class MnistSource(ArraySource):
         super().__init__(images, labels, AffineScaling(2.0, -1.0), dtype, num_classes=10)
 
 
-def save_pairs(path, x0, x1, y=None, meta=None):
-    """pairs .npz: x0, x1 (N, ...), y (N,) or empty, meta (JSON); written atomically."""
-    save_npz(path, x0=np.asarray(x0), x1=np.asarray(x1),
-             y=np.zeros(0, np.int64) if y is None else np.asarray(y, dtype=np.int64),
-             meta=np.array(json.dumps(meta or {})))
-
-
-def load_pairs(path):
-    """(x0, x1, y or None, meta) of a pairs .npz; ValueError naming what is wrong."""
-    arrays = load_npz(path)
-    for key in ("x0", "x1", "y", "meta"):
-        if key not in arrays:
-            raise ValueError(f"{path} is not a pairs file (no {key!r})")
-    x0, x1, y = arrays["x0"], arrays["x1"], arrays["y"]
-    if x0.shape != x1.shape or len(x0) < 1:
-        raise ValueError(f"{path}: x0 {x0.shape} and x1 {x1.shape} must be equal, non-empty")
-    if y.size and y.shape != (len(x0),):
-        raise ValueError(f"{path}: y must have shape ({len(x0)},), got {y.shape}")
-    if not (np.all(np.isfinite(x0)) and np.all(np.isfinite(x1))):
-        raise ValueError(f"{path}: the pairs hold non-finite values")
-    return x0, x1, (y if y.size else None), json.loads(str(arrays["meta"]))
-
-
-class PairSource:
-    """Fixed (x0, x1 [, y]) pairs (reflow): a batch is idx = draws.integers("idx", N, (B,))
-    and returns the teacher's noise x0[idx] with x1[idx]."""
-
-    scaling = IdentityScaling()
-
-    def __init__(self, path, dtype=np.float32):
-        x0, x1, y, meta = load_pairs(path)
-        self.x0 = x0.reshape(len(x0), -1).astype(dtype)  # (N, D)
-        self.x1 = x1.reshape(len(x1), -1).astype(dtype)  # (N, D)
-        self.y = y
-        self.shape = (self.x1.shape[1],)
-        self.num_classes = meta.get("num_classes")
-
-    def batch(self, draws, B):
-        idx = draws.integers("idx", len(self.x1), (int(B),))  # (B,)
-        y = None if self.y is None else self.y[idx]
-        return self.x1[idx], y, self.x0[idx]
-
-
 def open_data(spec, dtype=np.float32, n_train=None, pairs=None, label_column=None,
               val_fraction=None, seed=0):
     """A data source from a spec: a source (returned as it is), an array (N, ...) (an
@@ -461,8 +259,6 @@ def open_data(spec, dtype=np.float32, n_train=None, pairs=None, label_column=Non
         return PairSource(pairs, dtype)
     if hasattr(spec, "batch"):
         return spec
-    from fm_numpy.userdata import is_data_file, open_user_data  # it builds on this module
-
     if is_data_file(spec):
         return open_user_data(spec, dtype, label_column, val_fraction, seed)
     if isinstance(spec, np.ndarray):

@@ -19,9 +19,10 @@ import os
 
 import numpy as np
 
-from fm_numpy.data import TOY_DATASETS, ArraySource
 from fm_numpy.datafiles import DATA_SUFFIXES, RowView, read_data, split_indices
 from fm_numpy.scaling import MinMax, Standardize, scaling_from_json
+from fm_numpy.sources import ArraySource
+from fm_numpy.toys import TOY_DATASETS
 
 __all__ = ["is_data_file", "data_defaults", "open_user_data", "run_data_info", "UserData",
            "DATA_JSON", "DEFAULT_VAL_FRACTION"]
