@@ -43,10 +43,16 @@ def _groups(channels):
 
 
 class ResBlock(nn.Module):
-    """h = conv(silu(gn(x))) + proj(emb); out = skip(x) + conv(silu(gn(h)))."""
+    """h = conv(silu(gn(x))) + proj(emb); out = skip(x) + conv(silu(gn(h))).
 
-    def __init__(self, c_in, c_out, emb_dim, dropout=0.0):
+    emb_after_norm=True: h = conv(silu(gn(x))); out = skip(x) + conv(silu(gn(h) + proj(emb))),
+    the shift after the second GroupNorm as fm_numpy's ConvUNet (before it, the norm removes
+    the part of a per-channel shift that is common to a group's channels).
+    """
+
+    def __init__(self, c_in, c_out, emb_dim, dropout=0.0, emb_after_norm=False):
         super().__init__()
+        self.emb_after_norm = bool(emb_after_norm)
         self.norm1 = nn.GroupNorm(_groups(c_in), c_in)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
         self.emb = nn.Linear(emb_dim, c_out)
@@ -59,8 +65,9 @@ class ResBlock(nn.Module):
 
     def forward(self, x, emb):
         h = self.conv1(F.silu(self.norm1(x)))  # (B, c_out, H, W)
-        h = h + self.emb(F.silu(emb))[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        shift = self.emb(F.silu(emb))[:, :, None, None]  # (B, c_out, 1, 1)
+        h = self.norm2(h) + shift if self.emb_after_norm else self.norm2(h + shift)
+        h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
 
@@ -98,6 +105,7 @@ class UNet(nn.Module):
         heads=4,
         dropout=0.0,
         mean_flow=False,
+        emb_after_norm=False,
     ):
         super().__init__()
         if time_features % 2:
@@ -115,6 +123,8 @@ class UNet(nn.Module):
         self.mean_flow = bool(mean_flow)
         if self.mean_flow:  # only then in the config, as the MLP does
             self.config["mean_flow"] = True
+        if emb_after_norm:  # ResBlock's option; only then in the config (old ones load as before)
+            self.config["emb_after_norm"] = True
         self.num_classes = num_classes
         self.n_time = time_features
         emb_dim = 4 * base
@@ -159,6 +169,9 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(c, channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
+        for block in self.modules():  # where each ResBlock adds the embedding (no parameters)
+            if isinstance(block, ResBlock):
+                block.emb_after_norm = bool(emb_after_norm)
 
     def num_parameters(self):
         """Number of trainable parameters."""
