@@ -4,6 +4,11 @@ perm (B,) reorders the noise: the training pairs are (x0[perm[j]], x1[j]). The c
 C_ij = |x0_i - x1_j|^2 and the Sinkhorn iterations run in torch (on x's device); the exact
 assignment is SciPy's linear_sum_assignment on the cost moved to the CPU (fm_numpy's
 `_assign`, one implementation of the Hungarian step for both packages).
+
+The training loop (fm_torch/loop.py) takes a coupling object (fm_numpy.coupling's names):
+`coupling(x0, x1, y, draws) -> perm` (B,), with draws a fm_torch.draws.Draws; Sinkhorn asks
+it for `draws.uniform("couple_u", (B,), float64)`, the uniforms `couple` draws from a
+generator.
 """
 
 import math
@@ -14,7 +19,8 @@ from fm_numpy.coupling import _CHECK_EVERY, COUPLINGS
 from fm_numpy.coupling import _assign as _numpy_assign
 
 __all__ = ["COUPLINGS", "pair_cost", "assignment", "ot_class_assignment", "sinkhorn_plan",
-           "draw_from_plan", "sinkhorn_coupling", "couple"]
+           "draw_from_plan", "sinkhorn_coupling", "couple", "Independent", "OT", "OTClass",
+           "Sinkhorn", "make_coupling"]
 
 
 def pair_cost(x0, x1):
@@ -115,3 +121,55 @@ def couple(name, x0, x1, y=None, generator=None, block=None, eps=0.05):
         u = torch.rand(len(x1), generator=generator, dtype=torch.float64)
         return sinkhorn_coupling(x0, x1, u.to(x1.device), block, eps)
     raise ValueError(f"unknown coupling {name!r}; choose one of {', '.join(COUPLINGS)}")
+
+
+class Independent:
+    """perm = identity: the batch is already an independent draw."""
+
+    name = "independent"
+
+    def __call__(self, x0, x1, y, draws):
+        return torch.arange(len(x1), device=x1.device)
+
+
+class OT:
+    """The exact minibatch OT permutation (blocks of at most `block` pairs)."""
+
+    name = "ot"
+
+    def __init__(self, block=None):
+        self.block = block
+
+    def __call__(self, x0, x1, y, draws):
+        return assignment(x0, x1, self.block)
+
+
+class OTClass(OT):
+    """The OT permutation inside each class (OT without labels)."""
+
+    name = "ot-class"
+
+    def __call__(self, x0, x1, y, draws):
+        return ot_class_assignment(x0, x1, y, self.block)
+
+
+class Sinkhorn:
+    """One x0 per x1 from the entropic plan; u_j = draws.uniform("couple_u", (B,), float64)."""
+
+    name = "sinkhorn"
+
+    def __init__(self, block=None, eps=0.05):
+        self.block, self.eps = block, eps
+
+    def __call__(self, x0, x1, y, draws):
+        u = draws.uniform("couple_u", (len(x1),), torch.float64)  # (B,)
+        return sinkhorn_coupling(x0, x1, u.to(x1.device), self.block, self.eps)
+
+
+def make_coupling(name, block=None):
+    """The coupling object of a name in COUPLINGS."""
+    kinds = {"independent": lambda: Independent(), "ot": lambda: OT(block),
+             "ot-class": lambda: OTClass(block), "sinkhorn": lambda: Sinkhorn(block)}
+    if name not in kinds:
+        raise ValueError(f"unknown coupling {name!r}; choose one of {', '.join(COUPLINGS)}")
+    return kinds[name]()

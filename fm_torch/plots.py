@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from fm_numpy.io import atomic_path
+from fm_torch.sampling import sample
 
 __all__ = ["to_unit", "save_image_grid", "save_scatter", "plot_progress"]
 
@@ -54,8 +55,6 @@ def save_scatter(path, points, title=""):
 def plot_progress(out, config, model, step, device):
     """out/samples_<step>.png during training: a 10x10 class grid (guidance 2, midpoint 10
     steps) for MNIST, a scatter of 2000 samples for the 2-D sets; fixed noise (seed 1234)."""
-    from fm_torch.train import sample  # train.py imports this module
-
     g = torch.Generator().manual_seed(1234)
     model.eval()
     if config["data"] == "mnist":

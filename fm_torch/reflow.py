@@ -12,6 +12,7 @@ import os
 import torch
 
 from fm_numpy.reflow import load_pairs, pairs_meta, save_pairs, student_settings
+from fm_torch.sampling import sample
 
 __all__ = ["pair_tensors", "generate_pairs", "reflow"]
 
@@ -29,8 +30,6 @@ def pair_tensors(path):
 def generate_pairs(model, shape, n, seed=0, method="rk4", steps=20, guidance=1.0,
                    num_classes=None, device="cpu"):
     """(x0, x1, y) tensors on the CPU; x0 seeded, x1 = ODE(x0) under the teacher."""
-    from fm_torch.train import sample
-
     if int(n) < 1 or int(steps) < 1:
         raise ValueError(f"pairs and steps must be positive, got {n} and {steps}")
     g = torch.Generator().manual_seed(int(seed))

@@ -3,7 +3,8 @@
 Rows of a batch move independently under dx/dt = v(x, t), so integrating `chunk` rows
 at a time and keeping only each chunk's end state (odeint(..., only_last=True)) gives
 the whole batch's result with the memory of one chunk. `check_output_fits` and
-`NpzStreamWriter` (files, no tensors) are fm_numpy's.
+`NpzStreamWriter` (files, no tensors) are fm_numpy's. `sample` integrates a trained
+network from x0 to t = 1 (plots, reflow, the CLIs; fm_torch.train re-exports it).
 """
 
 import torch
@@ -11,7 +12,34 @@ import torch
 from fm_numpy.sampling import DEFAULT_CHUNK, NpzStreamWriter, _check_chunk, check_output_fits
 from fm_torch.solvers import odeint
 
-__all__ = ["DEFAULT_CHUNK", "sample_in_chunks", "check_output_fits", "NpzStreamWriter"]
+__all__ = ["DEFAULT_CHUNK", "sample", "sample_in_chunks", "check_output_fits",
+           "NpzStreamWriter"]
+
+
+@torch.no_grad()
+def sample(model, x0, y=None, guidance=1.0, method="midpoint", steps=20, return_nfe=False):
+    """Integrate dx/dt = v(x, t) from x0 (t=0) to t=1 on a uniform grid of `steps` intervals.
+
+    With labels y, v is classifier-free guided: v_uncond + w (v_cond - v_uncond).
+    A MeanFlow model with method "euler" takes `steps` average-velocity steps instead
+    (fm_torch.meanflow.sample; NFE = steps); a diffusion model's flow starts at its t_min
+    (its own flow_sample). Returns the trajectory (steps + 1, *x0.shape) [and the NFE].
+    """
+    from fm_torch.solvers import ClassifierFreeGuidance
+
+    if hasattr(model, "flow_sample"):  # a diffusion model's flow starts at t_min
+        return model.flow_sample(x0, y, guidance, method, steps, return_nfe)
+    if getattr(model, "mean_flow", False) and method == "euler":
+        from fm_torch.meanflow import sample as meanflow_sample
+
+        xs = meanflow_sample(model, x0, steps, y, guidance)  # (steps + 1, *x0.shape)
+        return (xs, int(steps)) if return_nfe else xs
+    if int(steps) < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps}")
+    v = ClassifierFreeGuidance(model, y, guidance) if y is not None else (
+        lambda x, t: model(x, t, None))
+    t_grid = torch.linspace(0, 1, int(steps) + 1, dtype=torch.float64)
+    return odeint(v, x0, t_grid, method=method, return_nfe=return_nfe)
 
 
 @torch.no_grad()

@@ -1,13 +1,21 @@
-"""The flow-matching training loop (PyTorch): regress the conditional velocity of an affine path.
+"""Training runs of fm-torch: settings -> objects -> fm_torch.loop.fit, with a run folder.
 
-Each step n, with one seeded torch.Generator per process:
+The loop (fm_torch/loop.py) regresses the conditional velocity of an affine path; each
+step n, with one seeded torch.Generator per process (GeneratorDraws):
     x1 (, y) ~ data shard,   t ~ p(t) (uniform or logit-normal, fm_torch.schedules),   x0 ~ N(0, I)
     (y -> null class with probability label_dropout, for classifier-free guidance)
     xt = alpha_t x1 + sigma_t x0,   ut = d_alpha_t x1 + d_sigma_t x0
     L = mean over batch and coordinates of (v_theta(xt, t, y) - ut)^2
 then AdamW at the schedule's learning rate eta_n (written into its param_groups) with
-gradient clipping, and an EMA of the weights. The same arithmetic as
-fm_numpy/train.py; the model is the U-Net for MNIST and the MLP for 2-D toy sets.
+gradient clipping, and an EMA of the weights. The same arithmetic as fm_numpy/train.py;
+the model is the U-Net for MNIST and the MLP for 2-D toy sets, or any nn.Module with
+forward(x, t, y) passed as `net`. This module is the only one that knows the names
+("mnist", "moons", "meanflow", "ot", the diffusion modes): it builds the data source,
+network, objective, coupling and recipe, and the callbacks that write the run folder.
+
+The label-dropout uniforms are drawn only when the data has labels AND label_dropout > 0
+(before the training core, whenever there were labels): at the default 0.1 nothing
+changes; a run with label_dropout = 0 now skips that draw (its later numbers differ).
 
 Under torchrun (WORLD_SIZE > 1) each process trains on its own shard of the data with
 DistributedDataParallel (NCCL on GPU, gloo on CPU), which averages the gradients, so
@@ -17,36 +25,41 @@ ckpt.pt (model, EMA, optimizer, step, every rank's generator state; written atom
 every ckpt_every steps, read with weights_only=True) and samples_<step>.png (every
 sample_every steps).
 
-Few-step hooks, as fm_numpy/train.py (fm_torch/fewstep.py): `coupling` re-pairs the noise
-in each batch, `objective="meanflow"` trains the average velocity (torch.func.jvp),
-`pairs` trains on fixed reflow pairs, `distill` fixes t = 0.
+Few-step settings (fm_torch/fewstep.py): `coupling` re-pairs the noise in each batch,
+`objective="meanflow"` trains the average velocity (torch.func.jvp), `pairs` trains on
+fixed reflow pairs, `distill` fixes t = 0.
 """
 
-import math
 import os
-import time
 
 import torch
 import torch.distributed as dist
-from torch.nn import functional as F
 
 from fm_numpy.io import read_log, save_json, write_log
 from fm_numpy.schedules import LEGACY, horizon_changed, make_recipe
-from fm_numpy.train import DeferredSigint, TrainingInterrupted
-from fm_torch.data import load_mnist_tensors, shard, toy_tensor
+from fm_torch.coupling import make_coupling
+from fm_torch.data import ArraySource, PairSource, open_data
+from fm_torch.draws import GeneratorDraws
 from fm_torch.ema import EMA
+from fm_torch.interrupt import DeferredSigint, DeferredStop, TrainingInterrupted
 from fm_torch.io import load_checkpoint, save_checkpoint
+from fm_torch.loop import Progress, TrainingDiverged, TrainState, check_finite_weights, fit
+from fm_torch.models import network_for
+from fm_torch.objectives import FlowMatching, MeanFlow, flow_matching_loss
 from fm_torch.paths import AffinePath, make_scheduler
 from fm_torch.plots import plot_progress
-from fm_torch.schedules import TimeSampler, set_lr
+from fm_torch.sampling import sample
+from fm_torch.schedules import Recipe, make_times
 from fm_torch.train_config import (  # the settings and the networks they describe
     _RESUMABLE,
+    CUSTOM,
     DEFAULTS,
     MNIST_DEFAULTS,
     build_model,
     load_model,
     resolve_config,
 )
+from fm_torch.train_diffusion import load_init_weights, make_objective, velocity_view
 
 _CKPT = "ckpt.pt"
 
@@ -55,25 +68,16 @@ __all__ = [
     "MNIST_DEFAULTS",
     "TrainingDiverged",
     "TrainingInterrupted",
+    "DeferredSigint",
+    "DeferredStop",
     "resolve_config",
+    "build",
     "build_model",
     "load_model",
     "flow_matching_loss",
     "train",
     "sample",
 ]
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-def flow_matching_loss(model, path, x1, y, x0, t):
-    """L = mean((v_theta(xt, t, y) - ut)^2) with (xt, ut) = path.sample(x0, x1, t)."""
-    xt, ut = path.sample(x0, x1, t)  # (B, ...) each
-    v = model(xt, t, y)  # (B, ...)
-    # Under bf16 autocast v is bf16: take the loss in float32 at least, float64 for float64 data.
-    dtype = torch.promote_types(ut.dtype, torch.float32)
-    return F.mse_loss(v.to(dtype), ut.to(dtype))
 
 
 def _dist_info():
@@ -83,19 +87,107 @@ def _dist_info():
     return world_size, rank, local_rank
 
 
-def _make_data(config, data_dir, rank, world_size):
-    if config["pairs"] is not None:  # reflow: the teacher's x1 (and y) in place of the data
-        from fm_torch.reflow import pair_tensors
+def build(config, data=None, net=None, data_dir=None, rank=0, world_size=1):
+    """(model, net, source, objective, coupling, recipe) of a resolved config; `data`/`net`
+    are the user's objects (or None: the config's). `net` is what the loop calls: here the
+    model itself (fm_torch.loop.fit wraps it in DDP / torch.compile)."""
+    if data is not None:
+        source = data if hasattr(data, "batch") else ArraySource(data, rank=rank,
+                                                                 world_size=world_size)
+    elif config["pairs"] is not None:  # reflow: the teacher's pairs in place of the data
+        num_classes = 10 if config["data"] == "mnist" else None
+        source = PairSource.from_file(config["pairs"], num_classes, rank, world_size)
+    else:
+        source = open_data(config["data"], data_dir, config["n_train"], config["toy_pool"],
+                           config["seed"], rank, world_size)
+    path = AffinePath(make_scheduler(config["scheduler"]))
+    if config["diffusion"] is not None:
+        objective = make_objective(config, path)  # DDPM or Diff2Flow
+    elif config["objective"] == "meanflow":
+        objective = MeanFlow(path, config["meanflow_ratio"], config["meanflow_norm_p"])
+    else:
+        objective = FlowMatching(path)
+    model = net
+    if model is None:
+        torch.manual_seed(config["seed"])  # the same initial weights in every process
+        if config["data"] == CUSTOM:  # sized from the user's data (fm_torch.models)
+            model = network_for(source.shape, source.num_classes, seed=config["seed"])
+        else:
+            model = build_model(config)
+    coupling = None
+    if config["coupling"] != "independent":
+        coupling = make_coupling(config["coupling"], config["coupling_block"])
+    lr_at, _ = make_recipe(config)
+    recipe = Recipe(lr_at, make_times(config), config["ema_decay"], config["weight_decay"],
+                    config["max_grad_norm"], config["label_dropout"])
+    return model, model, source, objective, coupling, recipe
 
-        x0, x1, y = pair_tensors(config["pairs"])
-        return shard(x1, y, rank, world_size)
-    if config["data"] == "mnist":
-        x1, y = load_mnist_tensors("train", data_dir=data_dir)
-        if config["n_train"] is not None:
-            x1, y = x1[: config["n_train"]], y[: config["n_train"]]
-        return shard(x1, y, rank, world_size)
-    x1 = toy_tensor(config["data"], config["toy_pool"], seed=config["seed"])  # (N, 2)
-    return shard(x1, None, rank, world_size)
+
+class _StopOnSignal:
+    """Turns a DeferredStop's request into the loop's stop request (after the current step;
+    under DDP at the next sync, where the ranks agree)."""
+
+    def __init__(self, stopper):
+        self.stopper = stopper
+
+    def on_step(self, state, loss):
+        state.stop_requested = state.stop_requested or self.stopper.requested
+
+
+class _RunFolder:
+    """loss.csv rows and ckpt.pt (every rank's draws' state) every ckpt_every steps, at the
+    last step and at an agreed stop, plus timing.json with a coupling or MeanFlow; the
+    weights must be finite to be saved. Every rank runs it (the gather); rank 0 writes."""
+
+    def __init__(self, out, config, model, world_size, is_main, timing):
+        self.out, self.config, self.model = out, config, model
+        self.world_size, self.is_main, self.timing = world_size, is_main, timing
+        self.pending = []
+
+    def _note(self, state):
+        self.last_good = state.step
+        state.note = f", the last good checkpoint (step {state.step}) is kept in {self.out}"
+
+    def on_start(self, state):
+        self._note(state)
+
+    def sync_needed(self, state):
+        return state.step % self.config["ckpt_every"] == 0 or state.step == state.steps
+
+    def on_sync(self, state, rows):
+        self.pending.extend(rows)
+        if not (self.sync_needed(state) or state.stop):
+            return
+        check_finite_weights(self.model, state.step, state.note)
+        states = _gather_draws(state.draws, self.world_size)
+        if self.is_main:
+            _write_losses(os.path.join(self.out, "loss.csv"), self.pending, append=True)
+            _save_state(os.path.join(self.out, _CKPT), self.config, self.model, state,
+                        states, self.world_size)
+            if self.timing:
+                share = state.coupling_s / state.step_s if state.step_s > 0 else 0.0
+                save_json(os.path.join(self.out, "timing.json"), {
+                    "coupling": self.config["coupling"], "steps_timed": state.steps_timed,
+                    "coupling_s": state.coupling_s, "step_s": state.step_s,
+                    "coupling_share": share})
+        self.pending = []
+        self._note(state)
+
+
+class _ProgressSamples:
+    """out/samples_<step>.png every sample_every steps (rank 0; fm_torch.plots), EMA weights."""
+
+    def __init__(self, out, config, ema, device, is_main):
+        self.out, self.config, self.ema = out, config, ema
+        self.device, self.is_main = device, is_main
+
+    def sync_needed(self, state):
+        return state.step % self.config["sample_every"] == 0
+
+    def on_sync(self, state, rows):
+        if self.is_main and not state.stop and self.sync_needed(state):
+            plot_progress(self.out, self.config, velocity_view(self.config, self.ema.model),
+                          state.step, self.device)
 
 
 def _read_losses(path, up_to_step):
@@ -108,25 +200,35 @@ def _write_losses(path, rows, append):
 
 
 def train(out, resume=False, progress=True, device=None, data_dir=None, sync_every=None,
-          **settings):
+          draws=None, net=None, data=None, **settings):
     """Train a velocity field; returns (model, losses) with losses [(step, loss, images/s), ...].
 
     `settings` are the keys of DEFAULTS (see resolve_config); `batch` is per process.
     With resume=True the run in `out` continues from out/ckpt.pt (settings left out, or
     None, are the checkpoint's; given ones must match it, except
     steps/ckpt_every/sample_every/bf16/compile) to the same weights as an uninterrupted
-    run. Raises TrainingDiverged at the first non-finite loss, keeping the last checkpoint.
+    run. Raises TrainingDiverged at the first non-finite loss, keeping the last checkpoint,
+    and TrainingInterrupted after a SIGINT/SIGTERM stop (with a checkpoint).
     bf16 autocast applies on CUDA and CPU, torch.compile on CUDA only unless
     FM_TORCH_COMPILE_CPU names a backend for CPU ("inductor", "aot_eager": tests).
 
-    Host syncs (see `_sync`): the losses stay on the device and are read, with one
+    Your own pieces: `net`, any nn.Module with forward(x, t, y=None), replaces the network
+    of the settings; `data` is a data set's name, or a source (fm_torch.data.ArraySource(x,
+    y), any object with shape, num_classes, batch(draws, B)) or a tensor (N, ...) of
+    samples (then the config records data "custom", and a resume passes the same objects
+    again); `draws` a fm_torch.draws.Draws (default GeneratorDraws of a generator seeded
+    seed + 1000 rank, drawing on the device; e.g. Replay of fm_numpy's Recorder log).
+
+    Host syncs (fm_torch.loop): the losses stay on the device and are read, with one
     all-reduce of [losses, stop flag] under DDP, every `sync_every` steps (default 1 on
     one CPU process, 50 otherwise) and at every checkpoint, progress sample and the last
     step. The first non-finite loss is still named by its exact step, and no checkpoint
-    is written after it; the stop at Ctrl-C under DDP waits for the next sync.
+    is written after it; the stop at a signal under DDP waits for the next sync.
     """
-    from tqdm import tqdm
-
+    if isinstance(data, str) or data is None:
+        settings["data"], data = data if data is not None else settings.get("data"), None
+    else:
+        settings["data"] = CUSTOM
     out = os.fspath(out)
     ckpt_path = os.path.join(out, _CKPT)
     checkpoint = load_checkpoint(ckpt_path) if resume and os.path.exists(ckpt_path) else None
@@ -135,6 +237,9 @@ def train(out, resume=False, progress=True, device=None, data_dir=None, sync_eve
         settings = {**{k: v for k, v in checkpoint["config"].items() if k in DEFAULTS},
                     **{k: v for k, v in settings.items() if v is not None}}
     config = resolve_config(**settings)
+    if (config["data"] == CUSTOM) != (data is not None):
+        raise ValueError("data 'custom' stands for an object: pass data=... (the same one "
+                         "the run was started with)")
     world_size, rank, local_rank = _dist_info()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and world_size > 1:
@@ -149,15 +254,15 @@ def train(out, resume=False, progress=True, device=None, data_dir=None, sync_eve
             sync_every = 1 if device.type == "cpu" and world_size == 1 else 50
         if isinstance(sync_every, bool) or int(sync_every) != sync_every or sync_every < 1:
             raise ValueError(f"sync_every must be a positive integer, got {sync_every!r}")
-        return _train(out, resume, progress, device, data_dir, config, world_size, rank, tqdm,
-                      int(sync_every), checkpoint)
+        return _train(out, resume, progress, device, data_dir, config, world_size, rank,
+                      int(sync_every), checkpoint, draws, net, data)
     finally:
         if own_group:
             dist.destroy_process_group()
 
 
-def _train(out, resume, progress, device, data_dir, config, world_size, rank, tqdm,
-           sync_every=1, checkpoint=None):
+def _train(out, resume, progress, device, data_dir, config, world_size, rank, sync_every,
+           checkpoint, draws, net, data):
     is_main = rank == 0
     ckpt_path = os.path.join(out, _CKPT)
     loss_path = os.path.join(out, "loss.csv")
@@ -166,146 +271,56 @@ def _train(out, resume, progress, device, data_dir, config, world_size, rank, tq
     if not resume and os.path.exists(ckpt_path):
         raise ValueError(f"{out} already holds a run; resume it or choose another output folder")
 
-    x1_all, y_all = _make_data(config, data_dir, rank, world_size)
-    # the shard lives on the device and batches are drawn there: no per-step host copy
-    x1_all = x1_all.to(device)
-    y_all = None if y_all is None else y_all.to(device)
-    from fm_torch.fewstep import FewStepHooks
-
-    hooks = FewStepHooks(config, out, rank, world_size)
-    torch.manual_seed(config["seed"])  # the same initial weights in every process
-    model = build_model(config).to(device)
-    if config["init_from"] is not None and not resume:
-        from fm_torch.train_diffusion import load_init_weights
-
+    model, loop_net, source, objective, coupling, recipe = build(config, data, net, data_dir,
+                                                                 rank, world_size)
+    model = model.to(device)
+    if config["init_from"] is not None and not resume and net is None:
         load_init_weights(model, config)  # a fine-tune: start from that run's EMA weights
-    ema = EMA(model, config["ema_decay"])
+    ema = EMA(model, recipe.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=config["lr"],
-                            weight_decay=config["weight_decay"])
-    # this rank's draws, made on the training device (on CPU: the same numbers as ever)
-    gen = torch.Generator(device=device).manual_seed(config["seed"] + 1000 * rank)
-    lr_at, sampler = make_recipe(config)
-    time_sampler = TimeSampler(sampler.name, sampler.mean, sampler.std)
-    path = AffinePath(make_scheduler(config["scheduler"]))
-    from fm_torch.train_diffusion import training_loss, velocity_view
-
-    loss_fn = training_loss(config)  # flow_matching_loss, or a DDPM / Diff2Flow objective
-    step = 0
+                            weight_decay=recipe.weight_decay)
+    if draws is None:  # this rank's draws, made on the training device (CPU: as ever)
+        gen = torch.Generator(device=device).manual_seed(config["seed"] + 1000 * rank)
+        draws = GeneratorDraws(gen, device)
+    state = TrainState(model, ema, opt, draws)
     if resume:
-        step = _load_state(ckpt_path, checkpoint, config, model, ema, opt, gen, rank,
-                           world_size)
-    losses = _read_losses(loss_path, step) if resume else []
+        state.step = _load_state(ckpt_path, checkpoint, config, model, ema, opt, draws, rank,
+                                 world_size)
+        state.losses = _read_losses(loss_path, state.step)
     if is_main:
-        _write_losses(loss_path, losses, append=False)  # drops rows logged after the checkpoint
+        _write_losses(loss_path, state.losses, append=False)  # drops rows after the checkpoint
         save_json(os.path.join(out, "config.json"), config)
 
-    on_cuda = device.type == "cuda"
-    net = model
-    if world_size > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if on_cuda else None)
     cpu_backend = os.environ.get("FM_TORCH_COMPILE_CPU")  # tests: "inductor" or "aot_eager"
-    if config["compile"] and (on_cuda or cpu_backend):
-        net = torch.compile(net, backend="inductor" if on_cuda else cpu_backend)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config["bf16"])
-
-    B, C = config["batch"], (10 if config["data"] == "mnist" else None)
-    pending, window, last_good = [], [], step
-    bar = tqdm(total=config["steps"], initial=step, disable=not (progress and is_main),
-               desc="train", mininterval=0.5, dynamic_ncols=True)
-    t_start, images = time.perf_counter(), 0
-    model.train()
-    sigint = DeferredSigint().__enter__()  # Ctrl-C: finish the step, checkpoint, stop
-    try:
-        while step < config["steps"]:
-            idx = torch.randint(0, len(x1_all), (B,), generator=gen, device=device)  # (B,)
-            x1 = x1_all[idx]  # (B, ...)
-            t = time_sampler.sample(B, gen)  # (B,) on the device
-            x0 = torch.randn(x1.shape, generator=gen, device=device)  # (B, ...)
-            y = None if C is None else y_all[idx]  # (B,)
-            x0, t = hooks.couple(x0, x1, y, t, gen, idx)  # re-paired noise; distill: t = 0
-            if C is not None:
-                drop = torch.rand(B, generator=gen, device=device) < config["label_dropout"]
-                y = torch.where(drop, torch.full_like(y, C), y)  # null class for CFG
-            if hooks.meanflow:  # full precision: the JVP target is a small difference
-                loss, logged = hooks.meanflow_loss(net, path, x1, y, x0, gen, device)
-            else:
-                with autocast:
-                    loss = loss_fn(net, path, x1, y, x0, t)
-                logged = loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if config["max_grad_norm"] is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config["max_grad_norm"])
-            set_lr(opt, lr_at(step))
-            opt.step()
-            ema.update(model)
-            hooks.step_done()
-            step += 1
-            images += B * world_size
-            rate = images / (time.perf_counter() - t_start)
-            window.append((step, logged.detach(), rate))  # read at the next sync
-            bar.update(1)
-            boundary = (step % config["ckpt_every"] == 0 or step == config["steps"]
-                        or step % config["sample_every"] == 0)
-            # one process stops at once on Ctrl-C; under DDP the ranks agree at a sync
-            stop = sigint.requested and world_size == 1
-            if stop or boundary or step % sync_every == 0:
-                rows, stop = _sync(window, sigint.requested, world_size)
-                window = []
-                pending.extend(rows)
-                bad = next(((s, v) for s, v, _ in rows if not math.isfinite(v)), None)
-                if bad is not None:
-                    raise TrainingDiverged(
-                        f"loss is {bad[1]} at step {bad[0]}; stopped, the last good "
-                        f"checkpoint (step {last_good}) is kept in {out}")
-                avg = sum(v for _, v, _ in pending[-50:]) / len(pending[-50:])
-                bar.set_postfix(loss=f"{avg:.4f}", img_s=f"{rate:.0f}", refresh=False,
-                                **hooks.postfix())
-            if step % config["ckpt_every"] == 0 or step == config["steps"] or stop:
-                finite = torch.stack([torch.isfinite(p).all() for p in model.parameters()])
-                if not bool(finite.all()):  # one host sync for all parameters
-                    raise TrainingDiverged(
-                        f"weights became NaN or infinite at step {step}; stopped, the last "
-                        f"good checkpoint (step {last_good}) is kept in {out}")
-                states = _gather_rng(gen, world_size)
-                if is_main:
-                    _write_losses(loss_path, pending, append=True)
-                    _save_state(ckpt_path, config, model, ema, opt, states, step, world_size)
-                    hooks.save_timing()
-                losses.extend(pending)
-                pending = []
-                last_good = step
-            if stop:
-                raise TrainingInterrupted(
-                    f"interrupted at step {step}; checkpoint saved in {out}, resume to continue")
-            if is_main and step % config["sample_every"] == 0:
-                plot_progress(out, config, velocity_view(config, ema.model), step, device)
-    finally:
-        sigint.__exit__(None, None, None)
-        bar.close()
-    return model, losses
+    backend = False
+    if config["compile"] and (device.type == "cuda" or cpu_backend):
+        backend = "inductor" if device.type == "cuda" else cpu_backend
+    timing = coupling is not None or config["objective"] == "meanflow"
+    with DeferredStop() as stopper:
+        callbacks = [Progress(enabled=progress and is_main), _StopOnSignal(stopper),
+                     _RunFolder(out, config, model, world_size, is_main, timing)]
+        if data is None:  # the built-in sets have their pictures
+            callbacks.append(_ProgressSamples(out, config, ema, device, is_main))
+        state = fit(loop_net, source, objective, recipe, steps=config["steps"],
+                    batch=config["batch"], coupling=coupling, draws=draws, optimizer=opt,
+                    ema=ema, callbacks=callbacks, state=state, device=device,
+                    bf16=config["bf16"], compile=backend, world_size=world_size,
+                    sync_every=sync_every)
+        if state.stop:
+            raise TrainingInterrupted(f"interrupted at step {state.step} ({stopper.signal}); "
+                                      f"checkpoint saved in {out}, resume to continue")
+    return model, state.losses
 
 
-def _sync(window, stop, world_size):
-    """(rows, stop): the losses of `window` [(step, loss tensor, rate)] read in one host sync.
-
-    Under DDP the losses and this rank's stop flag travel in one all-reduce (sum), so
-    every rank sees the mean loss of every step (and a NaN on any rank) and the same
-    stop decision, at the same step.
-    """
-    values = torch.stack([loss for _, loss, _ in window])  # (k,) on the device
-    if world_size > 1:
-        values = torch.cat([values, values.new_tensor([float(stop)])])
-        dist.all_reduce(values)
-        stop = bool(values[-1] > 0)
-        values = values[:-1] / world_size
-    rows = [(s, v, r) for (s, _, r), v in zip(window, values.tolist(), strict=True)]
-    return rows, stop
+def _draws_state(draws):
+    """What ckpt.pt stores per rank: GeneratorDraws' bare generator state (the format of
+    older checkpoints), else the draws' state_dict."""
+    state = draws.state_dict()
+    return state["generator"] if set(state) == {"generator"} else state
 
 
-def _gather_rng(gen, world_size):
-    state = gen.get_state()
+def _gather_draws(draws, world_size):
+    state = _draws_state(draws)
     if world_size == 1:
         return [state]
     states = [None] * world_size
@@ -313,19 +328,19 @@ def _gather_rng(gen, world_size):
     return states
 
 
-def _save_state(ckpt_path, config, model, ema, opt, rng_states, step, world_size):
+def _save_state(ckpt_path, config, model, state, draws_states, world_size):
     save_checkpoint(ckpt_path, {
         "config": config,
         "model": model.state_dict(),
-        "ema": ema.state_dict(),
-        "optimizer": opt.state_dict(),
-        "step": step,
-        "rng": rng_states,
+        "ema": state.ema.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "step": state.step,
+        "rng": draws_states,
         "world_size": world_size,
     })
 
 
-def _load_state(ckpt_path, checkpoint, config, model, ema, opt, gen, rank, world_size):
+def _load_state(ckpt_path, checkpoint, config, model, ema, opt, draws, rank, world_size):
     for key in ("config", "model", "ema", "optimizer", "step", "rng"):
         if key not in checkpoint:
             raise ValueError(f"{ckpt_path} is not an fm-torch training checkpoint (no {key!r})")
@@ -341,31 +356,5 @@ def _load_state(ckpt_path, checkpoint, config, model, ema, opt, gen, rank, world
     model.load_state_dict(checkpoint["model"])
     ema.load_state_dict(checkpoint["ema"])
     opt.load_state_dict(checkpoint["optimizer"])
-    gen.set_state(checkpoint["rng"][rank])
+    draws.load_state_dict(checkpoint["rng"][rank])
     return int(checkpoint["step"])
-
-
-@torch.no_grad()
-def sample(model, x0, y=None, guidance=1.0, method="midpoint", steps=20, return_nfe=False):
-    """Integrate dx/dt = v(x, t) from x0 (t=0) to t=1 on a uniform grid of `steps` intervals.
-
-    With labels y, v is classifier-free guided: v_uncond + w (v_cond - v_uncond).
-    A MeanFlow model with method "euler" takes `steps` average-velocity steps instead
-    (fm_torch.meanflow.sample; NFE = steps). Returns the trajectory (steps + 1, *x0.shape)
-    [and the NFE].
-    """
-    from fm_torch.solvers import ClassifierFreeGuidance, odeint
-
-    if hasattr(model, "flow_sample"):  # a diffusion model's flow starts at t_min (train_diffusion)
-        return model.flow_sample(x0, y, guidance, method, steps, return_nfe)
-    if getattr(model, "mean_flow", False) and method == "euler":
-        from fm_torch.meanflow import sample as meanflow_sample
-
-        xs = meanflow_sample(model, x0, steps, y, guidance)  # (steps + 1, *x0.shape)
-        return (xs, int(steps)) if return_nfe else xs
-    if int(steps) < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps}")
-    v = ClassifierFreeGuidance(model, y, guidance) if y is not None else (
-        lambda x, t: model(x, t, None))
-    t_grid = torch.linspace(0, 1, int(steps) + 1, dtype=torch.float64)
-    return odeint(v, x0, t_grid, method=method, return_nfe=return_nfe)

@@ -7,7 +7,9 @@ from fm_torch.data import DATASETS
 from fm_torch.io import load_checkpoint
 from fm_torch.paths import make_scheduler
 
-__all__ = ["DEFAULTS", "MNIST_DEFAULTS", "resolve_config", "build_model", "load_model"]
+__all__ = ["DEFAULTS", "MNIST_DEFAULTS", "CUSTOM", "resolve_config", "build_model", "load_model"]
+
+CUSTOM = "custom"  # data given as an object (fm_torch.train.train(data=...)), not by name
 
 DEFAULTS = {
     "data": "8gaussians", "steps": 6000, "batch": 512, "lr": 2e-3, "hidden": 256, "depth": 3,
@@ -35,7 +37,7 @@ _RESUMABLE = ("steps", "ckpt_every", "sample_every", "bf16", "compile")
 def resolve_config(**overrides):
     """Defaults (MNIST's for data="mnist"), then the given non-None overrides; validated."""
     data = overrides.get("data") or DEFAULTS["data"]
-    if data not in DATASETS:
+    if data not in DATASETS and data != CUSTOM:
         raise ValueError(f"unknown data set {data!r}; choose one of {', '.join(DATASETS)}")
     config = dict(DEFAULTS)
     if data == "mnist":

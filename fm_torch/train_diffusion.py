@@ -25,17 +25,20 @@ import torch
 
 from fm_torch.diffusion import (
     PREDICTIONS,
-    DiffusionToFlow,
-    TimestepModel,
     alphas_cumprod,
     ddim_sample,
-    diffusion_sample,
     linear_betas,
-    output_from_x1_x0,
     scale_from_flow_time,
     scaled_linear_betas,
 )
-from fm_torch.paths import expand_t
+from fm_torch.objectives import (  # the objectives and the net view moved there; re-exported
+    DDPM,
+    Diff2Flow,
+    DiffusionVelocity,
+    FlowMatching,
+    diffusion_loss,
+    flow_matching_loss,
+)
 
 __all__ = [
     "SCHEDULES",
@@ -46,6 +49,9 @@ __all__ = [
     "DiffusionVelocity",
     "GuidedDiffusionModel",
     "training_loss",
+    "make_objective",
+    "DDPM",
+    "Diff2Flow",
     "velocity_view",
     "apply_init_from",
     "load_init_weights",
@@ -89,69 +95,6 @@ def schedule_alphas_cumprod(diffusion):
     return alphas_cumprod(SCHEDULES[diffusion["schedule"]](diffusion["num_train_steps"]))
 
 
-def diffusion_loss(model, x0, x1, timestep, alphas_cumprod, prediction="epsilon", y=None):
-    """L = mean (model(x_dm, k, y) - target)^2 at integer steps k, shape (B,).
-
-    x_dm = a x1 + b x0 with (a, b) = sqrt(abar_k), sqrt(1 - abar_k), and the target is
-    the network output of the prediction type for the true (x1, x0):
-    fm_torch.diffusion.output_from_x1_x0 (epsilon: x0; x0: x1; v: a x0 - b x1).
-    For epsilon it is fm_torch.diffusion.ddpm_loss.
-    """
-    abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
-    x_dm = diffusion_sample(x0, x1, timestep, abar)  # (B, ...)
-    abar_k = expand_t(abar[torch.as_tensor(timestep).cpu()].to(x1.dtype).to(x1.device), x1)
-    target = output_from_x1_x0(prediction, x1, x0, torch.sqrt(abar_k), torch.sqrt(1 - abar_k))
-    out = model(x_dm, timestep, y)  # (B, ...)
-    # under bf16 autocast out is bf16: the loss in float32 at least (as flow_matching_loss)
-    dtype = torch.promote_types(target.dtype, torch.float32)
-    return torch.mean((out.to(dtype) - target.to(dtype)) ** 2)
-
-
-class DiffusionVelocity(torch.nn.Module):
-    """A diffusion network net(x_dm, k / N, y) as the CondOT velocity v(x, t, y).
-
-    v = DiffusionToFlow(TimestepModel(net, N), abar, prediction)(x, t, y): the step
-    k(t) (clamped to [0, N-1]), x_dm = s(t) x and v = x1_hat - x0_hat (docs/diffusion.md).
-    Its flow starts where DDIM does: at t_min = t_{N-1} from x = x_T / s(t_min)
-    (flow_sample); the state_dict is the network's under "net.".
-    """
-
-    def __init__(self, net, alphas_cumprod, prediction="epsilon"):
-        super().__init__()
-        self.net = net
-        self.timestep_model = TimestepModel(net, len(alphas_cumprod))
-        self.flow = DiffusionToFlow(self.timestep_model, alphas_cumprod, prediction)
-        self.prediction = prediction
-        self.t_min = self.flow.t_min
-
-    @property
-    def alphas_cumprod(self):
-        return self.flow.alphas_cumprod
-
-    def forward(self, x, t, y=None):
-        if torch.is_tensor(t):
-            t = t.detach().cpu()  # the time map runs on float64 CPU tables
-        return self.flow(x, t, y)
-
-    @torch.no_grad()
-    def flow_sample(self, x_T, y=None, guidance=1.0, method="midpoint", steps=20,
-                    return_nfe=False):
-        """The flow ODE from x = x_T / s(t_min) at t_min to t = 1, uniform grid of `steps`.
-
-        x_T ~ N(0, I) is the diffusion state at step N-1 (as DDIM takes it). Returns the
-        trajectory (steps + 1, *x_T.shape) in flow variables [and the NFE].
-        """
-        from fm_torch.solvers import ClassifierFreeGuidance, odeint
-
-        if int(steps) < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps}")
-        v = ClassifierFreeGuidance(self, y, guidance) if y is not None else (
-            lambda x, t: self(x, t, None))
-        t_grid = torch.linspace(self.t_min, 1, int(steps) + 1, dtype=torch.float64)
-        x_start = x_T / float(scale_from_flow_time(self.t_min))  # x_T at step N-1
-        return odeint(v, x_start, t_grid, method=method, return_nfe=return_nfe)
-
-
 class GuidedDiffusionModel:
     """Classifier-free guidance on the diffusion output: out_u + w (out_c - out_u).
 
@@ -188,27 +131,27 @@ def ddim_trajectory(velocity, x_T, y=None, guidance=1.0, steps=20):
     return xs, int(steps)
 
 
-def training_loss(config):
-    """The loss hook of fm_torch.train: f(net, path, x1, y, x0, t) for config's objective."""
-    from fm_torch.train import flow_matching_loss
-
+def make_objective(config, path):
+    """The loop's objective of config's diffusion mode: DDPM or Diff2Flow (None: FlowMatching)."""
     diffusion = config.get("diffusion")
     if diffusion is None:
-        return flow_matching_loss
+        return FlowMatching(path)
     abar = schedule_alphas_cumprod(diffusion)
-    n, prediction = len(abar), diffusion["prediction"]
     if diffusion["mode"] == "ddpm":
-        def ddpm(net, path, x1, y, x0, t):
-            k = torch.clamp((t * n).long(), max=n - 1)  # (B,) uniform on 0..N-1
-            return diffusion_loss(TimestepModel(net, n), x0, x1, k, abar, prediction, y)
-        return ddpm
+        return DDPM(abar, diffusion["prediction"])
+    return Diff2Flow(abar, diffusion["prediction"], path)
 
-    def diff2flow(net, path, x1, y, x0, t):
-        v = DiffusionVelocity(net, abar, prediction)
-        if prediction == "epsilon":  # v = (x - x0_hat) / t has no value at t = 0
-            t = v.t_min + (1 - v.t_min) * t
-        return flow_matching_loss(v, path, x1, y, x0, t)
-    return diff2flow
+
+def training_loss(config):
+    """f(net, path, x1, y, x0, t): the loss of config's objective on one batch (the older
+    hook; the loop takes make_objective's object)."""
+    if config.get("diffusion") is None:
+        return flow_matching_loss
+
+    def loss(net, path, x1, y, x0, t):
+        objective = make_objective(config, path)
+        return objective.loss(net, {"x0": x0, "x1": x1, "y": y, "t": t})
+    return loss
 
 
 def velocity_view(config, model):
