@@ -49,7 +49,7 @@ def _ckpt(package, out):
     return os.path.join(out, "checkpoint.npz" if package == "fm_numpy" else "ckpt.pt")
 
 
-def _wait_for(predicate, proc, timeout=90.0):
+def _wait_for(predicate, proc, timeout=300.0):  # a bound on a hang, not a measure
     t_end = time.monotonic() + timeout
     while time.monotonic() < t_end:
         if predicate():
@@ -88,35 +88,59 @@ def _assert_same(weights, reference):
         np.testing.assert_array_equal(weights[k], reference[k], err_msg=k)
 
 
+def _logged_step(out):
+    """The last complete step in loss.csv (0 before the first row); rows are appended at
+    every checkpoint (--ckpt-every 1), so this is the run's progress."""
+    try:
+        with open(os.path.join(out, "loss.csv")) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return 0
+    rows = [r for r in text.split("\n")[1:-1] if r]  # header, complete lines only
+    return int(rows[-1].split(",")[0]) if rows else 0
+
+
+# A kill is sent once loss.csv shows step k, k <= 25 of 40: each remaining step holds its
+# checkpoint write open for FM_DUAL_SLOW_WRITE (>= 0.01 s), so at least 15 steps
+# (>= 0.15 s) lie between the gate and the run's end, 75x the 2 ms poll; no wall-clock
+# sleep decides where the kill lands.
+KILL_BY = 25
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("package", ["fm_numpy", "fm_torch"])
 def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path, package):
     rng = np.random.default_rng(20240608)
     out = tmp_path / "run"
     steps_seen, killed_mid_write = [], False
-    # three kills: at a random moment, inside a checkpoint write, at a random moment
+    # three kills: after a random step, inside a checkpoint write, after a random step
     for attempt, mode in enumerate(("random", "mid-write", "random")):
         proc = _start(package, out, resume=attempt > 0 and os.path.exists(_ckpt(package, out)),
                       slow_write=0.01 if mode == "random" else 0.3)
+        done = steps_seen[-1] if steps_seen else 0
+        # a seeded step past the last kill; + 2 because loss.csv may hold one row past the
+        # checkpoint until the resumed run rewrites it
+        # (mid-write: at most 3 steps on, since every write there is held 0.3 s)
+        high = {"random": 12 if attempt == 0 else KILL_BY, "mid-write": done + 4}[mode]
+        gate = int(rng.integers(done + 2, high + 1))  # done <= 16 here: the range is not empty
         try:
-            if mode == "random":
-                _wait_for(lambda: os.path.exists(_ckpt(package, out)), proc)
-                time.sleep(rng.uniform(0.0, 0.3))
-            else:
-                # let a seeded number of checkpoints pass, then kill while a temp file is open
-                time.sleep(rng.uniform(0.0, 0.5))
-                _wait_for(lambda: glob.glob(os.path.join(out, ".tmp-*")), proc)
+            assert _wait_for(lambda g=gate: _logged_step(out) >= g, proc), "the run ended early"
+            if mode == "mid-write":  # then kill while the next checkpoint's temp file is open
+                assert _wait_for(lambda: glob.glob(os.path.join(out, ".tmp-*")), proc)
             tmps_before = set(glob.glob(os.path.join(out, ".tmp-*")))
             proc.send_signal(signal.SIGKILL)
         finally:
             proc.wait(timeout=60)
-        assert proc.returncode == -signal.SIGKILL, "the run ended before the kill; slow it down"
+        assert proc.returncode == -signal.SIGKILL, "the run ended before the kill"
         if mode == "mid-write":
             killed_mid_write = bool(tmps_before)
         step, _ = _load(package, out)  # never torn: the rename is atomic
+        # the kill landed where it was aimed (the checkpoint of step `gate` may still have
+        # been in its write)
+        assert gate - 1 <= step <= gate + 1, (gate, step)
         steps_seen.append(step)
     assert killed_mid_write
-    assert 1 <= steps_seen[0] <= 40 and steps_seen[-1] < 40
+    assert steps_seen == sorted(steps_seen) and steps_seen[-1] < 40
     proc = _start(package, out, resume=True)
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err
@@ -131,8 +155,7 @@ def test_sigint_checkpoints_exits_130_and_resume_is_bit_identical(tmp_path, pack
     out = tmp_path / "run"
     proc = _start(package, out, slow_write=0.01)
     try:
-        _wait_for(lambda: os.path.exists(_ckpt(package, out)), proc)
-        time.sleep(0.05)
+        assert _wait_for(lambda: _logged_step(out) >= 5, proc), "the run ended early"
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -143,10 +166,9 @@ def test_sigint_checkpoints_exits_130_and_resume_is_bit_identical(tmp_path, pack
     assert len(lines) == 1 and lines[0].startswith(package.replace("_", "-") + ": interrupted"), err
     assert "Traceback" not in err
     step, _ = _load(package, out)
-    assert 1 <= step < 40
+    assert 5 <= step < 40
     # the interrupted step itself was saved: loss.csv ends at the checkpoint's step
-    with open(os.path.join(out, "loss.csv")) as f:
-        assert int(f.read().splitlines()[-1].split(",")[0]) == step
+    assert _logged_step(out) == step
     proc = _start(package, out, resume=True)
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err
