@@ -20,13 +20,14 @@ ensure_packages: pip --no-deps into runs/bench/site); without it its rows say so
     python -m benchmarks.bench_mlp_step [--quick]
 """
 
-import time
+import functools
 
 import numpy as np
 
 from benchmarks.common import (
     announce_plot,
     blas_threads,
+    interleaved,
     plot_path,
     run_from_command_line,
     save_figure,
@@ -149,15 +150,14 @@ def run(size, reps, steps_per_rep, notes):
     for step in steppers.values():  # warm-up: buffers, allocator, BLAS threads
         for x1 in x1s[:3]:
             step(x1)
-    times = {name: [] for name in steppers}
-    for r in range(reps):
-        order = list(steppers) if r % 2 == 0 else list(steppers)[::-1]
-        for name in order:
-            start = time.perf_counter()
-            for x1 in x1s:
-                steppers[name](x1)
-            times[name].append((time.perf_counter() - start) / steps_per_rep)
-    return {k: np.array(v) for k, v in times.items()}
+
+    def steps(step):
+        for x1 in x1s:
+            step(x1)
+
+    times = interleaved({name: functools.partial(steps, step) for name, step in
+                         steppers.items()}, reps, warmup=0)
+    return {k: np.array(v) / steps_per_rep for k, v in times.items()}
 
 
 def _ratio(times, a, b):

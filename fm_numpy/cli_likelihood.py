@@ -142,9 +142,17 @@ def check_args(args):
     return n, batch
 
 
-def cmd_likelihood(args):
+def progress_bar(iterable, no_progress):
+    """tqdm's bar over iterable, imported only when shown (fm_numpy runs on NumPy and SciPy
+    alone with --no-progress)."""
+    if no_progress:
+        return iterable
     from tqdm import tqdm
 
+    return tqdm(iterable, desc="likelihood")
+
+
+def cmd_likelihood(args):
     from .io import save_json
     from .mlp import MLP
     from .models import load_model
@@ -161,8 +169,7 @@ def cmd_likelihood(args):
                          f"{x1.shape[1]}")
     use_labels = args.labels and labels is not None and model.num_classes
     log_p = []
-    for i, start in enumerate(tqdm(range(0, n, batch), desc="likelihood",
-                                   disable=args.no_progress)):
+    for i, start in enumerate(progress_bar(range(0, n, batch), args.no_progress)):
         y = labels[start:start + batch] if use_labels else None
         log_p.append(log_likelihood(
             model, x1[start:start + batch], method=args.method, steps=args.steps,
