@@ -171,3 +171,71 @@ def test_flow_times_from_sigmas_is_one_minus_sigma_in_diffusers_convention():
         theirs = sched.scale_noise(x1, timestep.reshape(1), x0)  # (3, 2)
         ours, _ = AffinePath().sample(x0, x1, t[k].float().expand(3))
         torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------- fm-numpy likelihood flags
+def _numpy_likelihood(capsys, tmp_path, name, argv):
+    from fm_numpy.cli import main
+
+    out = tmp_path / f"{name}.json"
+    assert main(["likelihood", *argv, "--no-progress", "--out", str(out)]) == 0, \
+        capsys.readouterr().err
+    return json.loads(out.read_text())["mean_log_likelihood"]
+
+
+def test_numpy_likelihood_flags_reach_the_estimator(tmp_path, capsys):
+    """Each of --divergence, --probe, --n-probes, --method, --rtol/--atol gives exactly
+    log_likelihood called with that option (seed = --seed + batch index), and changes the
+    value against the run without it."""
+    from fm_numpy.cli_likelihood import held_out_data
+    from fm_numpy.likelihood import log_likelihood
+
+    _perturbed_mlp(tmp_path / "m.npz", seed=3)
+    model64 = MLP.from_npz(tmp_path / "m.npz", dtype=np.float64)
+    base = ["--model", str(tmp_path / "m.npz"), "--data", "8gaussians", "-n", "12", "--batch",
+            "12", "--seed", "5"]
+    x1, _ = held_out_data("8gaussians", 12, 5)
+    cases = {
+        "exact": ([], dict(method="rk4", steps=50)),
+        "hutch": (["--divergence", "hutchinson"],
+                  dict(method="rk4", steps=50, divergence="hutchinson")),
+        "gauss3": (["--divergence", "hutchinson", "--probe", "gaussian", "--n-probes", "3"],
+                   dict(method="rk4", steps=50, divergence="hutchinson", probe="gaussian",
+                        n_probes=3)),
+        "loose": (["--method", "RK45", "--rtol", "1e-2", "--atol", "1e-2"],
+                  dict(method="RK45", rtol=1e-2, atol=1e-2)),
+        "tight": (["--method", "RK45", "--rtol", "1e-8", "--atol", "1e-8"],
+                  dict(method="RK45", rtol=1e-8, atol=1e-8)),
+    }
+    got = {}
+    for name, (flags, options) in cases.items():
+        got[name] = _numpy_likelihood(capsys, tmp_path, name, [*base, *flags])
+        want = log_likelihood(model64, x1, seed=5, **options).mean()
+        np.testing.assert_allclose(got[name], want, rtol=1e-12, err_msg=name)
+    for a, b in (("exact", "hutch"), ("hutch", "gauss3"), ("loose", "tight")):
+        assert abs(got[a] - got[b]) > 1e-6, (a, b, got)
+
+
+def test_numpy_likelihood_labels_on_mnist(tmp_path, capsys):
+    """--labels scores log p(x | y) with the test labels; without it, the null class."""
+    from fm_numpy.cli_likelihood import held_out_data
+    from fm_numpy.likelihood import log_likelihood
+
+    model = MLP(784, hidden=16, depth=1, time_features=8, num_classes=10, seed=1)
+    rng = np.random.default_rng(7)
+    for p in model.params.values():
+        p[...] = 0.05 * rng.standard_normal(p.shape)
+    model.save_npz(tmp_path / "m.npz")
+    model64 = MLP.from_npz(tmp_path / "m.npz", dtype=np.float64)
+    base = ["--model", str(tmp_path / "m.npz"), "--data", "mnist", "-n", "3", "--batch", "3",
+            "--method", "euler", "--steps", "2", "--seed", "0"]
+    x1, labels = held_out_data("mnist", 3, 0)
+    with_labels = _numpy_likelihood(capsys, tmp_path, "labels", [*base, "--labels"])
+    null = _numpy_likelihood(capsys, tmp_path, "null", base)
+    options = dict(method="euler", steps=2, seed=0)
+    np.testing.assert_allclose(with_labels, log_likelihood(model64, x1, y=labels, **options)
+                               .mean(), rtol=1e-12)
+    np.testing.assert_allclose(null, log_likelihood(model64, x1, **options).mean(), rtol=1e-12)
+    np.testing.assert_allclose(null, log_likelihood(model64, x1, y=np.full(3, 10), **options)
+                               .mean(), rtol=1e-12)  # no label = the null class 10
+    assert abs(with_labels - null) > 1e-6
