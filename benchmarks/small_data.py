@@ -39,13 +39,25 @@ from fm_numpy.png import write_png  # noqa: E402
 SKLEARN_CSV = "runs/peers/sklearn/sklearn/datasets/data/digits.csv.gz"
 
 
-def export_digits(out, csv=SKLEARN_CSV, seed=0, test_fraction=0.2):
+def export_digits(out, csv=SKLEARN_CSV, seed=0, test_fraction=0.2, size=8, rgb=False):
     """PNG folders and .npz files of the digits' seeded train / test split; returns the
-    arrays {"train": (x, y), "test": (x, y)} with x (N, 8, 8) uint8 (0..16 -> 0..255)."""
+    arrays {"train": (x, y), "test": (x, y)} with x (N, 8, 8) uint8 (0..16 -> 0..255).
+
+    size > 8 resizes them (cubic spline, scipy.ndimage.zoom) to size x size; rgb=True tints
+    each with a seeded random colour, (N, size, size, 3): a larger, coloured variant of the
+    same real data, for the cost and the quality of the defaults at 32 x 32 RGB."""
     with gzip.open(csv, "rt") as f:
         table = np.loadtxt(f, delimiter=",")  # (1797, 65): 64 pixels 0..16, the label
-    x = np.round(table[:, :64] * 255 / 16).astype(np.uint8).reshape(-1, 8, 8)  # (N, 8, 8)
+    x = table[:, :64].reshape(-1, 8, 8) / 16  # (N, 8, 8) in [0, 1]
     y = table[:, 64].astype(np.int64)  # (N,)
+    if size != 8:
+        from scipy.ndimage import zoom
+
+        x = np.clip(zoom(x, (1, size / 8, size / 8), order=3), 0, 1)  # (N, size, size)
+    if rgb:
+        tint = np.random.default_rng(seed + 1).uniform(0.3, 1.0, (len(x), 1, 1, 3))
+        x = x[..., None] * tint  # (N, size, size, 3)
+    x = np.round(x * 255).astype(np.uint8)
     order = np.random.default_rng(seed).permutation(len(x))
     n_test = int(round(test_fraction * len(x)))
     splits = {"test": order[:n_test], "train": order[n_test:]}
@@ -95,14 +107,14 @@ class Judge:
 
 
 def grid_png(path, images, per_row, zoom=4):
-    """Tile uint8 images (N, H, W) into rows of `per_row`, each pixel zoom x zoom."""
-    N, H, W = images.shape
+    """Tile uint8 images (N, H, W [, C]) into rows of `per_row`, each pixel zoom x zoom."""
+    N, H, W = images.shape[:3]
     rows = -(-N // per_row)
-    canvas = np.full((rows * (H + 1), per_row * (W + 1)), 255, np.uint8)
+    canvas = np.full((rows * (H + 1), per_row * (W + 1), *images.shape[3:]), 255, np.uint8)
     for i, img in enumerate(images):
         r, c = divmod(i, per_row)
         canvas[r * (H + 1):r * (H + 1) + H, c * (W + 1):c * (W + 1) + W] = img
-    write_png(path, np.kron(canvas, np.ones((zoom, zoom), np.uint8)))
+    write_png(path, canvas.repeat(zoom, axis=0).repeat(zoom, axis=1))
 
 
 def generate_numpy(args, train_dir, num_classes, labels, run):
@@ -114,7 +126,9 @@ def generate_numpy(args, train_dir, num_classes, labels, run):
     from fm_numpy.train import train
 
     found = read_data(train_dir)
-    source = ArraySource(np.asarray(found.x), found.y, AffineScaling(2 / 255, -1.0))
+    x = np.asarray(found.x)
+    x = x.transpose(0, 3, 1, 2) if found.layout == "NHWC" else x  # (N, C, H, W) or (N, H, W)
+    source = ArraySource(x, found.y, AffineScaling(2 / 255, -1.0))
     sizes = default_sizes(source.shape, "convnet")  # train's own defaults are the MLP's
     sizes.update({k: v for k, v in (("hidden", args.hidden), ("depth", args.depth)) if v})
     train(run, progress=False, data=source, arch="convnet", steps=args.steps,
@@ -126,7 +140,7 @@ def generate_numpy(args, train_dir, num_classes, labels, run):
     for w in args.guidance:
         field = ClassifierFreeGuidance(model, labels, w)
         x1 = odeint(field, x0, np.linspace(0, 1, args.sample_steps + 1), "midpoint")[-1]
-        out[w] = source.scaling.decode(x1).reshape(len(labels), *source.shape)[:, 0]
+        out[w] = source.scaling.decode(x1).reshape(len(labels), *source.shape)
     return out, model.num_parameters, dict(model.config)
 
 
@@ -139,8 +153,8 @@ def generate_torch(args, train_dir, num_classes, labels, run):
     from fm_torch.solvers import ClassifierFreeGuidance, odeint
 
     found = read_data(train_dir)
-    x = torch.from_numpy(np.asarray(found.x, np.float32) * (2 / 255) - 1)  # (N, H, W)
-    x = x.reshape(len(x), 1, *x.shape[1:])  # (N, 1, H, W)
+    x = np.asarray(found.x, np.float32) * (2 / 255) - 1  # (N, H, W) or (N, H, W, C)
+    x = torch.from_numpy(x.transpose(0, 3, 1, 2) if x.ndim == 4 else x[:, None])  # (N, C, H, W)
     y = torch.from_numpy(found.y)
     torch.manual_seed(args.seed)
     sizes = {"base": args.hidden} if args.hidden else {}
@@ -170,14 +184,14 @@ def generate_torch(args, train_dir, num_classes, labels, run):
             field = ClassifierFreeGuidance(ema.model, torch.from_numpy(labels), w)
             grid = torch.linspace(0, 1, args.sample_steps + 1)
             x1 = odeint(field, x0, grid, "midpoint")[-1]
-            out[w] = ((x1[:, 0].numpy() + 1) * (255 / 2))
+            out[w] = (x1.numpy() + 1) * (255 / 2)  # (N, C, H, W)
     return out, sum(p.numel() for p in model.parameters()), dict(model.config)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--package", choices=("numpy", "torch"), default="numpy")
-    p.add_argument("--data-out", default="runs/small_data/digits")
+    p.add_argument("--data-out", default=None, help="default runs/small_data/digits<size>[rgb]")
     p.add_argument("--out", default=None)
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=64)
@@ -190,11 +204,14 @@ def main(argv=None):
     p.add_argument("--sample-steps", type=int, default=20)
     p.add_argument("--per-class", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=8, help="resize the digits to size x size")
+    p.add_argument("--rgb", action="store_true", help="tint each digit with a random colour")
     args = p.parse_args(argv)
     out = args.out or f"runs/small_data/{args.package}"
     if os.path.exists(os.path.join(out, "run")):
         p.error(f"{out}/run exists; choose another --out")
-    arrays = export_digits(args.data_out)
+    args.data_out = args.data_out or f"runs/small_data/digits{args.size}{'rgb' * args.rgb}"
+    arrays = export_digits(args.data_out, size=args.size, rgb=args.rgb)
     (x_tr, y_tr), (x_te, y_te) = arrays["train"], arrays["test"]
     K = int(y_tr.max()) + 1
     judge = Judge(x_tr, y_tr, K)
@@ -211,7 +228,8 @@ def main(argv=None):
               "settings": {k: v for k, v in vars(args).items() if k not in ("data_out",)},
               "accuracy": {}}
     for w, img in images.items():
-        img = np.clip(np.round(img), 0, 255).astype(np.uint8)  # (N, 8, 8)
+        img = np.clip(np.round(img), 0, 255).astype(np.uint8)  # (N, C, H, W)
+        img = img[:, 0] if img.shape[1] == 1 else img.transpose(0, 2, 3, 1)  # as x_tr
         result["accuracy"][str(w)] = float(np.mean(judge.predict(img) == labels))
         save_npz(os.path.join(out, f"samples_w{w:g}.npz"), images=img, labels=labels)
         pick = np.concatenate([np.flatnonzero(labels == c)[:10] for c in range(K)])

@@ -158,6 +158,9 @@ def test_sizing_rules():
                                                      "time_features": 32}
     assert default_sizes((1, 8, 8), "convnet")["depth"] == 2
     assert default_sizes((3, 32, 32), "unet")["mults"] == [1, 2, 2]
+    assert default_sizes((3, 32, 32), "unet")["base"] == 16
+    assert default_sizes((1, 8, 8), "unet")["base"] == 32
+    assert default_sizes((3, 7, 9), "convnet")["hidden"] == 32
     assert default_sizes((1, 8, 8), "unet")["mults"] == [1, 2]
     with pytest.raises(ValueError, match="needs images"):
         default_sizes((64,), "convnet")

@@ -78,10 +78,12 @@ def default_sizes(shape, arch):
     """The widths of network `arch` for samples of `shape` (see sample_shape).
 
     Vectors ("mlp", "resmlp"): hidden 256 up to D = 64 (the 2-D sets' width), 512 up to
-    D = 1024, else 1024; depth 3. Images: levels_for(H, W) levels; base width 32 up to a side
-    of 16 pixels and 16 above for fm_numpy's "convnet" (the step costs width^2 x pixels: the
-    NumPy ConvUNet at 8 x 8 and width 32 costs a third of MNIST's at width 16, its measured
-    default), 32 for fm_torch's "unet" (its MNIST width) with multipliers (1, 2, 2)[:levels].
+    D = 1024, else 1024; depth 3. Images: levels_for(H, W) levels, base width 32 up to a side
+    of 12 pixels and 16 above (fm_numpy's "convnet" with widths base x (1, 2, 2), fm_torch's
+    "unet" with multipliers (1, 2, 2)[:levels]). A step costs about width^2 x pixels; CPU
+    time of one step, 1 thread (benchmarks/small_data.py): NumPy ConvUNet 85 ms at 8 x 8,
+    width 32, batch 64; 404 ms at 32 x 32 RGB, width 16, batch 32 (MNIST's 16: 285 ms);
+    torch U-Net 117 ms at 8 x 8, base 32, batch 64.
     """
     shape = sample_shape(shape)
     if arch in ("mlp", "resmlp"):
@@ -92,8 +94,10 @@ def default_sizes(shape, arch):
         raise ValueError(f"arch {arch!r} needs images (C, H, W), got a sample shape {shape}")
     _, H, W = shape
     levels = levels_for(H, W)
+    width = 32 if max(H, W) <= 12 else 16
     if arch == "convnet":
-        return {"hidden": 32 if max(H, W) <= 16 else 16, "depth": levels, "time_features": 32}
+        return {"hidden": width, "depth": levels, "time_features": 32}
     if arch == "unet":
-        return {"base": 32, "mults": [1, 2, 2][:levels], "res_blocks": 1, "time_features": 32}
+        return {"base": width, "mults": [1, 2, 2][:levels], "res_blocks": 1,
+                "time_features": 32}
     raise ValueError(f"no sizing rule for arch {arch!r}")
