@@ -17,20 +17,20 @@ from fm_torch.train_diffusion import SCHEDULES
 __all__ = ["add_train_diffusion_parser", "cmd_train_diffusion", "sampler_for", "add_sample_options"]
 
 
-def _train_parser():
-    """A throwaway copy of `fm-torch train`'s parser, to inherit its options."""
-    from fm_numpy.cli import OneLineErrorParser
-    from fm_torch.cli import add_train_parser
-
-    subparsers = OneLineErrorParser(prog="fm-torch").add_subparsers(
-        parser_class=OneLineErrorParser)
-    add_train_parser(subparsers)
-    return subparsers.choices["train"]
+def _train_parser(subparsers):
+    """`fm-torch train`'s parser (fm_torch.cli registers it first), whose options
+    train-diffusion inherits; found among the subparsers, so this module needs no import
+    of fm_torch.cli (which imports it)."""
+    train = subparsers.choices.get("train")
+    if train is None:
+        raise RuntimeError("register the train subcommand before train-diffusion")
+    return train
 
 
 def add_train_diffusion_parser(subparsers):
+    train = _train_parser(subparsers)
     p = subparsers.add_parser(
-        "train-diffusion", parents=[_train_parser()], add_help=False,
+        "train-diffusion", parents=[train], add_help=False,
         help="train a discrete-time DDPM (the U-Net on MNIST, the MLP on 2-D sets)")
     p.add_argument("--prediction", default="epsilon",
                    help=f"what the network predicts: {', '.join(PREDICTIONS)} (default epsilon)")
@@ -38,11 +38,10 @@ def add_train_diffusion_parser(subparsers):
                    help=f"beta schedule: {', '.join(SCHEDULES)} (default linear, DDPM's)")
     p.add_argument("--num-train-steps", type=int, default=1000,
                    help="diffusion steps N (default 1000)")
-    p.set_defaults(func=cmd_train_diffusion, data="mnist")
+    p.set_defaults(func=cmd_train_diffusion, data="mnist", train_command=train.get_default("func"))
 
 
 def cmd_train_diffusion(args):
-    from fm_torch.cli import cmd_train
     from fm_torch.train_diffusion import check_diffusion_config
 
     if args.init_from is not None or args.diff2flow:
@@ -52,7 +51,7 @@ def cmd_train_diffusion(args):
          "num_train_steps": args.num_train_steps}, args.scheduler or "condot")
     if args.out is None:
         args.out = os.path.join("runs", f"ddpm_{args.data}")
-    return cmd_train(args)
+    return args.train_command(args)  # fm_torch.cli.cmd_train
 
 
 def sampler_for(checkpoint, args):
@@ -61,7 +60,7 @@ def sampler_for(checkpoint, args):
     A DDPM checkpoint needs --as-flow (its flow ODE by our solvers) or --sampler ddim;
     --sampler ddim also samples a Diff2Flow fine-tune's network as a diffusion model.
     """
-    from fm_torch.train import sample
+    from fm_torch.sampling import sample
     from fm_torch.train_diffusion import ddim_trajectory
 
     diffusion = checkpoint["config"].get("diffusion")

@@ -21,6 +21,15 @@ functions that need its classes, never by `import fm_torch`.
 
 import torch
 
+# the scheduler table and the UNet wrapper need no diffusers import: they live beside
+# DiffusionToFlow (whose from_diffusers uses them) and are re-exported here
+from fm_torch.diffusion import (
+    DIFFUSERS_PREDICTIONS,
+    DiffusersModel,
+    DiffusionToFlow,
+    _scheduler_table,  # noqa: F401  (the older private name of this module)
+)
+
 __all__ = [
     "DIFFUSERS_PREDICTIONS",
     "DiffusersModel",
@@ -30,53 +39,9 @@ __all__ = [
     "flow_times_from_sigmas",
 ]
 
-DIFFUSERS_PREDICTIONS = {"epsilon": "epsilon", "v_prediction": "v", "sample": "x0"}
-
-
-def _scheduler_table(scheduler):
-    """(alphas_cumprod float64 (N,), our prediction name) of a DDPM/DDIM-style scheduler."""
-    abar = getattr(scheduler, "alphas_cumprod", None)
-    config = getattr(scheduler, "config", None)
-    if abar is None or config is None:
-        raise ValueError(f"{type(scheduler).__name__} has no alphas_cumprod table; pass a "
-                         "DDPMScheduler or DDIMScheduler (a flow-matching scheduler needs "
-                         "from_flow_match)")
-    kind = getattr(config, "prediction_type", "epsilon")
-    if kind not in DIFFUSERS_PREDICTIONS:
-        raise ValueError(f"unknown prediction_type {kind!r}; diffusers' are "
-                         f"{', '.join(DIFFUSERS_PREDICTIONS)}")
-    return torch.as_tensor(abar).to(torch.float64).cpu(), DIFFUSERS_PREDICTIONS[kind]
-
-
-class DiffusersModel(torch.nn.Module):
-    """A diffusers UNet as our diffusion model(x_dm, timestep, y=None).
-
-    out = unet(x_dm, timestep as float (B,), class_labels=y, **unet_kwargs).sample;
-    y is passed only when given (UNet2DModel with num_class_embeds).
-    """
-
-    def __init__(self, unet, **unet_kwargs):
-        super().__init__()
-        self.unet = unet
-        self.unet_kwargs = unet_kwargs
-
-    def forward(self, x_dm, timestep, y=None):
-        # a float tensor: diffusers casts a Python number to long, losing the fraction
-        timestep = torch.as_tensor(timestep, device=x_dm.device).to(x_dm.dtype)
-        timestep = timestep.expand(x_dm.shape[0])  # (B,)
-        kwargs = dict(self.unet_kwargs)
-        if y is not None:
-            kwargs["class_labels"] = y
-        out = self.unet(x_dm, timestep, **kwargs)
-        return out.sample if hasattr(out, "sample") else out[0]
-
-
 def from_diffusers(unet, scheduler, **unet_kwargs):
     """DiffusionToFlow of a diffusers UNet and its DDPM/DDIM scheduler (see the module doc)."""
-    from fm_torch.diffusion import DiffusionToFlow
-
-    abar, prediction = _scheduler_table(scheduler)
-    return DiffusionToFlow(DiffusersModel(unet, **unet_kwargs), abar, prediction)
+    return DiffusionToFlow.from_diffusers(unet, scheduler, **unet_kwargs)
 
 
 class to_flow_match:  # noqa: N801  (used like a function)

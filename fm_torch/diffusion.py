@@ -16,6 +16,8 @@ from fm_torch.paths import check_t, expand_t
 
 __all__ = [
     "PREDICTIONS",
+    "DIFFUSERS_PREDICTIONS",
+    "DiffusersModel",
     "linear_betas",
     "scaled_linear_betas",
     "alphas_cumprod",
@@ -211,9 +213,8 @@ class DiffusionToFlow:
     @classmethod
     def from_diffusers(cls, unet, scheduler, **unet_kwargs):
         """A diffusers UNet and DDPM/DDIM scheduler as a flow (fm_torch/diffusers_interop.py)."""
-        from fm_torch.diffusers_interop import from_diffusers
-
-        return from_diffusers(unet, scheduler, **unet_kwargs)
+        abar, prediction = _scheduler_table(scheduler)
+        return cls(DiffusersModel(unet, **unet_kwargs), abar, prediction)
 
     def __repr__(self):
         return (f"DiffusionToFlow(prediction={self.prediction!r}, "
@@ -359,3 +360,45 @@ def ddim_sample(model, x_T, alphas_cumprod, num_steps, prediction="epsilon", y=N
         x = a_next * x1_hat + b_next * x0_hat  # (B, ...)
         states.append(x)
     return torch.stack(states) if return_all else x
+
+
+# ------------------------------------------- diffusers models (fm_torch/diffusers_interop.py)
+DIFFUSERS_PREDICTIONS = {"epsilon": "epsilon", "v_prediction": "v", "sample": "x0"}
+
+
+def _scheduler_table(scheduler):
+    """(alphas_cumprod float64 (N,), our prediction name) of a DDPM/DDIM-style scheduler."""
+    abar = getattr(scheduler, "alphas_cumprod", None)
+    config = getattr(scheduler, "config", None)
+    if abar is None or config is None:
+        raise ValueError(f"{type(scheduler).__name__} has no alphas_cumprod table; pass a "
+                         "DDPMScheduler or DDIMScheduler (a flow-matching scheduler needs "
+                         "from_flow_match)")
+    kind = getattr(config, "prediction_type", "epsilon")
+    if kind not in DIFFUSERS_PREDICTIONS:
+        raise ValueError(f"unknown prediction_type {kind!r}; diffusers' are "
+                         f"{', '.join(DIFFUSERS_PREDICTIONS)}")
+    return torch.as_tensor(abar).to(torch.float64).cpu(), DIFFUSERS_PREDICTIONS[kind]
+
+
+class DiffusersModel(torch.nn.Module):
+    """A diffusers UNet as our diffusion model(x_dm, timestep, y=None).
+
+    out = unet(x_dm, timestep as float (B,), class_labels=y, **unet_kwargs).sample;
+    y is passed only when given (UNet2DModel with num_class_embeds).
+    """
+
+    def __init__(self, unet, **unet_kwargs):
+        super().__init__()
+        self.unet = unet
+        self.unet_kwargs = unet_kwargs
+
+    def forward(self, x_dm, timestep, y=None):
+        # a float tensor: diffusers casts a Python number to long, losing the fraction
+        timestep = torch.as_tensor(timestep, device=x_dm.device).to(x_dm.dtype)
+        timestep = timestep.expand(x_dm.shape[0])  # (B,)
+        kwargs = dict(self.unet_kwargs)
+        if y is not None:
+            kwargs["class_labels"] = y
+        out = self.unet(x_dm, timestep, **kwargs)
+        return out.sample if hasattr(out, "sample") else out[0]
