@@ -36,6 +36,10 @@ def test_numpy_runs_resume_to_the_same_weights(tmp_path, extra):
     timing = json.loads((tmp_path / "b" / "timing.json").read_text())
     if "coupling" in extra:
         assert 0 < timing["coupling_share"] < 1 and timing["steps_timed"] == 20
+        # the coupling changed the run: an independent run of the same seed ends elsewhere
+        # (each step's pairing is checked in tests/test_couplings_in_loops.py)
+        independent, _ = train(tmp_path / "i", progress=False, steps=30, **TINY)
+        assert any(not np.array_equal(p, independent.params[k]) for k, p in whole.params.items())
     if "objective" in extra:
         assert MLP.from_npz(tmp_path / "a" / "model.npz").mean_flow
 
@@ -73,7 +77,10 @@ def test_distilled_student_trains_at_t_zero(tmp_path):
     student = {k: v for k, v in TINY.items() if k != "data"}
     _, losses = reflow(tmp_path / "teacher" / "model.npz", 500, tmp_path / "d", seed=0,
                        solver_steps=4, progress=False, steps=60, distill=True, lr=1e-2, **student)
-    assert losses[-1][1] < losses[0][1]  # x1 - x0 at t = 0 is learnable: the loss falls
+    # x1 - x0 at t = 0 is learnable: the loss falls (means of 10 steps, not one noisy value;
+    # that every t is 0 is checked in tests/test_couplings_in_loops.py)
+    first, last = np.mean([v for _, v in losses[:10]]), np.mean([v for _, v in losses[-10:]])
+    assert last < 0.1 * first, (first, last)  # measured: 0.0023 -> 1.7e-5
     assert json.loads((tmp_path / "d" / "config.json").read_text())["distill"] is True
 
 
