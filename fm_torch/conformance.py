@@ -175,13 +175,18 @@ class TorchProbe(torch.nn.Module):
         return u.reshape(x.shape).to(dtype)
 
 
-def wrap_training(loss_fn, calls_per_step=8):
-    """loss_fn(model, x1, y[, x0]) on tensors (model a TorchProbe) -> the NumPy form."""
+def wrap_training(loss_fn, calls_per_step=8, dtype=torch.float32):
+    """loss_fn(model, x1, y[, x0]) on tensors (model a TorchProbe) -> the NumPy form.
+
+    x1 and x0 reach the loss in `dtype` (float32 by default, as most torch code draws its
+    times with torch.rand in float32, and torch.lerp refuses mixed dtypes); float32 is well
+    inside the kit's 1e-4 tolerances."""
     from fm_numpy.conformance.training import _takes_x0
 
     def run(probe, x1, y, x0=None):
         module = TorchProbe(probe, calls_per_step * x1.size)
-        args = (module, to_tensor(x1), to_tensor(y)) + (() if x0 is None else (to_tensor(x0),))
+        args = (module, to_tensor(x1).to(dtype), to_tensor(y))
+        args += () if x0 is None else (to_tensor(x0).to(dtype),)
         loss = loss_fn(*args)
         loss = loss[0] if isinstance(loss, (tuple, list)) else loss
         (grad,) = torch.autograd.grad(loss, [module.bank], allow_unused=True)
@@ -266,9 +271,10 @@ def check_diffusion_to_flow(convert, prediction="epsilon"):
     return _np_conformance.check_diffusion_to_flow(wrap_diffusion_to_flow(convert), prediction)
 
 
-def check_training_step(loss_fn, scheduler="condot", **options):
+def check_training_step(loss_fn, scheduler="condot", dtype=torch.float32, **options):
     """fm_numpy.conformance.check_training_step of a torch loss_fn(model, x1, y[, x0])."""
-    return _np_conformance.check_training_step(wrap_training(loss_fn), scheduler, **options)
+    return _np_conformance.check_training_step(wrap_training(loss_fn, dtype=dtype), scheduler,
+                                               **options)
 
 
 def check_time_sampling(sampler, law="any", **options):

@@ -78,6 +78,44 @@ def _gather(report, probe, steps, x1, x0s, y):
     return {k: np.concatenate(v) for k, v in rows.items()}
 
 
+def _rematch(rows, x1):
+    """Rows re-paired by the loss (an OT coupling moves x1 too): each network row's x1 is the
+    probe row with the largest projection <xt, x1_j> (the rows of x1 are orthogonal); only
+    rows matched with a margin (best > 2 x second) are kept. None if under half are."""
+    proj = rows["x"] @ x1.T  # (N, B)
+    order = np.argsort(proj, axis=1)
+    best, second = order[:, -1], order[:, -2]
+    n = np.arange(len(best))
+    sure = proj[n, best] > 2 * np.maximum(proj[n, second], 0)
+    if np.mean(sure) < 0.5:
+        return None
+    out = {k: v[sure] for k, v in rows.items()}
+    out["x1"] = x1[best[sure]]
+    out["x0"] = np.full_like(out["x"], np.nan)
+    return out
+
+
+def _path_or_repaired(report, rows, sched, with_x0, objective, x1):
+    """fit_path on the rows in order; if no path fits, on the rows re-matched to x1."""
+    first = Report("training")
+    path = fit_path(first, rows, sched, with_x0, objective)
+    if path is None and "path-mismatch" in first.codes:
+        matched = _rematch(rows, x1)
+        if matched is not None:
+            second = Report("training")
+            path2 = fit_path(second, matched, sched, False, objective)
+            if path2 is not None and not second.findings:
+                report.note(f"the batch is re-paired (an OT coupling): {len(matched['x'])} of "
+                            f"{len(rows['x'])} rows matched to their x1 by projection; the "
+                            "rest are left out")
+                first, path, rows, with_x0 = second, path2, matched, False
+    report.rows += first.rows
+    report.notes += first.notes
+    for f in first.findings:
+        report.fail(*f.split(": ", 1))
+    return path, rows, with_x0
+
+
 def check_training_step(loss_fn, scheduler="condot", objective="fm", times="any",
                         num_classes=None, label_dropout=None, reduction="mean", ratio=None,
                         steps=16, seed=0, **scheduler_args):
@@ -143,7 +181,7 @@ def check_training_step(loss_fn, scheduler="condot", objective="fm", times="any"
     if num_classes:
         label_findings(report, rows, num_classes, label_dropout)
     # 3. the path, 4. the target, 5. the reduction
-    path = fit_path(report, rows, sched, with_x0, objective)
+    path, rows, with_x0 = _path_or_repaired(report, rows, sched, with_x0, objective, x1)
     if path is not None:
         fit_target(report, rows, sched, path, with_x0, objective, probe)
         reduction_findings(report, rows, reduction, objective)

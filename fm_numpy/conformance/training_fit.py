@@ -63,8 +63,10 @@ def _axis_fit(rows, cand, exact):
         if k == D:
             sl = slice(start, start + k)
             xa, x1a, x0a = x[sl].T, x1[sl].T, x0[sl].T  # (D, B): rows are columns now
-            a, s = _fit_as(xa, x1a, x0a, exact)
-            errs.append(_err(a, s, cand[2][sl], cand[3][sl], exact))
+            a, _ = _fit_as(xa, x1a, x0a, exact)  # the data weight per column (enough: the
+            # noise weight may still be per sample where only one term was broadcast wrongly)
+            errs.append(_err(a, cand[2][sl], a, cand[2][sl], exact) if exact else
+                        float(np.sqrt(np.mean((a - cand[2][sl]) ** 2))))
         start += k
     return max(errs) if errs else np.inf
 
@@ -158,7 +160,7 @@ def fit_target(report, rows, sched, path, exact, objective, probe):
     da_i, ds_i = (P, Q) if exact else (P + Q * a, Q * s)  # (x1, x0) coefficients of the target
     vel = (path["da"][keep], path["ds"][keep])
     ones, zeros = np.ones_like(P), np.zeros_like(P)
-    named = [("velocity", vel), ("-velocity", (-vel[0], -vel[1])),
+    named = [("velocity", vel), ("minus the velocity", (-vel[0], -vel[1])),
              ("x1 - x0", (ones, -ones)), ("x0 - x1", (-ones, ones)),
              ("x1 (data prediction)", (ones, zeros)), ("x0 (noise prediction)", (zeros, ones))]
 
@@ -174,7 +176,7 @@ def fit_target(report, rows, sched, path, exact, objective, probe):
     got = f"target = {da_i[k]:.3g} x1 + {ds_i[k]:.3g} x0 at t = {path['tz'][keep][k]:.3g}"
     if not ok:
         if path["code"] == "ok":
-            if match == "-velocity" and errs[match] <= tol:
+            if match == "minus the velocity" and errs[match] <= tol:
                 report.fail("sign-flipped", f"the target is minus the path's velocity; {got}; "
                             "fix: ut = d_alpha_t x1 + d_sigma_t x0 (noise to data)")
             else:
