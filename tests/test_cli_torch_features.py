@@ -166,3 +166,30 @@ def test_train_bf16_and_compile_through_the_cli(tmp_path, monkeypatch, capsys):
     assert json.loads((tmp_path / "c" / "config.json").read_text())["compile"] is True
     compiled = [float(r.split(",")[1]) for r in losses(tmp_path / "c")]
     np.testing.assert_allclose(compiled, f32, rtol=1e-4)
+
+
+def test_sample_no_ema_integrates_the_raw_weights(tmp_path, capsys):
+    """fm-torch sample --npz: x0 = randn from Generator(--seed), Euler steps of the model the
+    flag names (EMA by default, raw with --no-ema), computed here."""
+    from fm_numpy.io import load_npz
+    from fm_torch.solvers import odeint
+
+    torch_train(tmp_path / "run", progress=False, device="cpu", data="8gaussians", steps=6,
+                batch=32, hidden=8, depth=1, time_features=4, ckpt_every=6, sample_every=1000,
+                lr=1e-2)
+    ckpt = tmp_path / "run" / "ckpt.pt"
+    got = {}
+    for name, extra in {"ema": [], "raw": ["--no-ema"]}.items():
+        argv = ["sample", "--model", str(ckpt), "-n", "20", "--steps", "2", "--method", "euler",
+                "--seed", "3", "--out", str(tmp_path / f"{name}.png"), "--npz",
+                str(tmp_path / f"{name}.npz"), *extra]
+        assert main(argv) == 0, capsys.readouterr().err
+        got[name] = load_npz(tmp_path / f"{name}.npz")["samples"]  # (20, 2)
+    x0 = torch.randn((20, 2), generator=torch.Generator().manual_seed(3))
+    for name, ema in (("ema", True), ("raw", False)):
+        model, _ = load_model(ckpt, ema=ema)
+        with torch.no_grad():
+            x1 = odeint(lambda x, t, m=model: m(x, t, None), x0,
+                        torch.linspace(0, 1, 3, dtype=torch.float64), "euler")[-1]
+        np.testing.assert_allclose(got[name], x1.numpy(), rtol=1e-6, atol=1e-6, err_msg=name)
+    assert np.abs(got["raw"] - got["ema"]).max() > 1e-3  # the two weight sets differ
