@@ -43,11 +43,23 @@ def fresh_tree(tmp_path_factory):
         if os.path.isfile(src):  # a file deleted but not yet committed is listed too
             os.makedirs(os.path.dirname(dest / rel), exist_ok=True)
             shutil.copy2(src, dest / rel)
+    _link_peer_site(dest)
     return dest
 
 
+def _link_peer_site(dest):
+    """The peer libraries some benchmarks compare with (torchcfm, flow_matching) are pip-
+    installed into runs/bench/site on first use; the test reuses this checkout's copy when
+    there is one and never downloads (PIP_NO_INDEX in _run: without them the benchmarks
+    note it and go on)."""
+    site = os.path.join(ROOT, "runs", "bench", "site")
+    if os.path.isdir(site):
+        os.makedirs(dest / "runs" / "bench")
+        os.symlink(site, dest / "runs" / "bench" / "site")
+
+
 def _run(tree, args, timeout=900):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", MPLBACKEND="Agg",
+    env = dict(os.environ, HF_HUB_OFFLINE="1", MPLBACKEND="Agg", PIP_NO_INDEX="1",
                PYTHONPATH=str(tree))  # the copy's packages, not the editable install's
     res = subprocess.run([sys.executable, "-m", *args], cwd=tree, env=env, capture_output=True,
                          text=True, timeout=timeout)
