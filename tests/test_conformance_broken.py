@@ -254,3 +254,78 @@ def test_velocity_sign_and_reversed_time():
     diagnosed(C.check_velocity(lambda x, t: u(x, 1 - t)), "reversed-time", "1 - t")
     noisy = C.check_velocity(lambda x, t: u(x, t) + 0.1 * np.sin(7 * x))  # a decent model passes
     assert noisy.passed, noisy.table()
+
+
+# ------------------------------------------------------------------ training-step kinds (issue 22)
+def test_solver_stage_times_k_over_n_minus_1():
+    """Evaluated on linspace(0, 1, N), stepped by 1/N: exact on v = const, still order 1."""
+    def euler(v, x0, grid):
+        n, xs = len(grid) - 1, [x0]
+        for t in np.linspace(0.0, 1.0, n):
+            xs.append(xs[-1] + v(xs[-1], t) / n)
+        return np.stack(xs)
+    diagnosed(C.check_solver(euler, "euler"), "stage-times", "linspace")
+
+
+def test_solver_midpoint_stage_at_the_wrong_time():
+    def midpoint(v, x0, grid):
+        xs = [x0]
+        for a, b in zip(grid[:-1], grid[1:], strict=True):
+            h = b - a
+            xs.append(xs[-1] + h * v(xs[-1] + 0.5 * h * v(xs[-1], a), a + 0.25 * h))
+        return np.stack(xs)
+    diagnosed(C.check_solver(midpoint, "midpoint"), "stage-times", "stage time")
+
+
+def test_time_sampler_randn():
+    diagnosed(C.check_time_sampling(lambda n, rng: rng.standard_normal(n)), "time-range",
+              "randn")
+
+
+def test_meanflow_pairs_in_the_wrong_order_and_ratio():
+    def pairs(n, rng):
+        s = np.sort(rng.random((n, 2)), axis=1)
+        keep = rng.random(n) < 0.75  # the fraction with r = t taken for the one with r != t
+        return s[:, 1], np.where(keep, s[:, 0], s[:, 1])
+    report = C.check_time_sampling(pairs, ratio=0.25)
+    diagnosed(report, "r-after-t", "r > t")
+    diagnosed(report, "pair-ratio", "inverted")
+
+
+def test_stochastic_step_ignores_its_generator():
+    def step(v, x, rng):
+        return x + 0.1 * v(x, 0.0) + 0.1 * np.random.standard_normal(x.shape)
+    diagnosed(C.check_seeded(step), "ignores-generator", "global")
+
+
+def test_x1_prediction_with_the_wrong_formula():
+    diagnosed(C.check_prediction(lambda xt, v, t: col(t) * v), "wrong-formula", "closed form")
+    diagnosed(C.check_prediction(lambda xt, v, t: xt - col(t) * v, "x1"), "wrong-end", "x0")
+
+
+def test_training_step_reversed_path_with_data_minus_noise_target():
+    """rectified-flow-pytorch 0.2.14: x_t = t noise + (1 - t) data, target data - noise."""
+    rng = np.random.default_rng(0)
+
+    def loss(model, x1, y):
+        t = rng.random(len(x1))
+        x0 = rng.standard_normal(x1.shape)
+        xt = col(t) * x0 + (1 - col(t)) * x1
+        d = model(xt, t) - (x1 - x0)
+        return float(np.mean(d * d)), 2 * d / d.size
+    report = C.check_training_step(loss)
+    diagnosed(report, "reversed-time", "data at t = 0")
+    diagnosed(report, "target-mismatch", "disagree")
+
+
+def test_training_step_null_label_is_class_zero():
+    """rectified-flow-pytorch UAFlow 0.9.14: dropped labels become class 0."""
+    rng = np.random.default_rng(0)
+    path = AffinePath()
+
+    def loss(model, x1, y, x0):
+        t = rng.random(len(x1))
+        xt, ut = path.sample(x0, x1, t)
+        d = model(xt, t, np.where(rng.random(len(y)) < 0.1, 0, y)) - ut
+        return float(np.mean(d * d)), 2 * d / d.size
+    diagnosed(C.check_training_step(loss, num_classes=10), "null-class", "real class")

@@ -264,3 +264,49 @@ def test_seeded_and_prediction():
     assert check_prediction(lambda xt, v, t: xt + t[:, None] * v).codes == ["reversed-time"]
     assert tc.check_prediction(lambda xt, v, t: xt - (1 - t)[:, None] * v).codes == \
         ["sign-flipped"]
+
+
+USER_CODE = '''
+import numpy as np
+
+from fm_numpy.paths import AffinePath
+
+rng = np.random.default_rng(0)
+
+
+def right(model, x1, y, x0):
+    t = rng.random(len(x1))
+    xt, ut = AffinePath().sample(x0, x1, t)
+    d = model(xt, t, y) - ut
+    return float(np.mean(d * d)), 2 * d / d.size
+
+
+def summed(model, x1, y, x0):
+    loss, dv = right(model, x1, y, x0)
+    return loss * x1.shape[1], dv * x1.shape[1]
+
+
+def uniform(n, rng):
+    return rng.random(n)
+
+
+def logit_normal(n, rng):
+    return 1 / (1 + np.exp(-(0.5 + rng.standard_normal(n))))
+'''
+
+
+def test_cli_training_and_time_sampling(tmp_path, monkeypatch, capsys):
+    from fm_numpy.cli import main
+
+    (tmp_path / "mine.py").write_text(USER_CODE)
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "training", "mine:right", "--num-classes", "10"]) == 0
+    assert main(["check", "training", "mine:summed"]) == 1
+    assert "reduction:" in capsys.readouterr().out
+    assert main(["check", "training", "mine:summed", "--reduction", "any"]) == 0
+    assert main(["check", "time_sampling", "mine:uniform", "--times", "uniform"]) == 0
+    assert main(["check", "time_sampling", "mine:logit_normal", "--times", "logit-normal"]) == 0
+    assert main(["check", "time_sampling", "mine:logit_normal", "--times", "uniform"]) == 1
+    capsys.readouterr()
+    assert main(["check", "seeded", "mine:uniform", "--ratio", "0.2"]) == 2
+    assert "--ratio does not apply to `check seeded`" in capsys.readouterr().err

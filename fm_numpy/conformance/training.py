@@ -92,6 +92,7 @@ def _rematch(rows, x1):
     out = {k: v[sure] for k, v in rows.items()}
     out["x1"] = x1[best[sure]]
     out["x0"] = np.full_like(out["x"], np.nan)
+    out["rematched"] = True
     return out
 
 

@@ -58,9 +58,11 @@ def _axis_fit(rows, cand, exact):
     x, x1, x0, n = rows["x"], rows["x1"], rows["x0"], rows["n"]
     D = x.shape[1]
     errs, start = [], 0
+    if rows.get("rematched"):
+        return np.inf  # the rows are no longer whole calls
     while start < len(n):
         k = int(n[start])
-        if k == D:
+        if k == D and start + k <= len(n):
             sl = slice(start, start + k)
             xa, x1a, x0a = x[sl].T, x1[sl].T, x0[sl].T  # (D, B): rows are columns now
             a, _ = _fit_as(xa, x1a, x0a, exact)  # the data weight per column (enough: the
