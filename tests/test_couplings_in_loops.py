@@ -91,7 +91,7 @@ def test_numpy_loop_couples_every_step(tmp_path, monkeypatch, kind):
 @pytest.mark.parametrize("kind", ["ot", "ot-class", "sinkhorn"])
 def test_torch_loop_couples_every_step(tmp_path, monkeypatch, kind):
     calls, seen = _record(monkeypatch, th_train, th_objectives, "loss")
-    settings = MNIST_TH if kind == "ot-class" else dict(TOY, sample_every=1000)
+    settings = MNIST_TH if kind == "ot-class" else dict(TOY, sample_every=1000, toy_pool=2048)
     th_train.train(tmp_path, progress=False, device="cpu", steps=3, coupling=kind, **settings)
     _check_steps(calls, seen, kind, 3)
 
@@ -117,7 +117,7 @@ def test_torch_distillation_trains_at_t_zero_only(tmp_path, monkeypatch):
     from fm_torch.reflow import reflow
 
     th_train.train(tmp_path / "teacher", progress=False, device="cpu", steps=5,
-                   **dict(TOY, sample_every=1000))
+                   **dict(TOY, sample_every=1000, toy_pool=2048))
     _, seen = _record(monkeypatch, th_train, th_objectives, "loss")
     student = {k: v for k, v in TOY.items() if k != "data"}
     teacher = tmp_path / "teacher" / "ckpt.pt"
