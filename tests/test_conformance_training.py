@@ -52,7 +52,7 @@ def numpy_step(objective, times, p=0.1, coupling=None, seed=0):
     return loss
 
 
-def torch_step(objective, times, p=0.1, seed=0):
+def torch_step(objective, times, p=0.1, coupling=None, seed=0):
     """Our fm_torch step, the same order of draws."""
     draws = GeneratorDraws(torch.Generator().manual_seed(seed))
 
@@ -60,6 +60,8 @@ def torch_step(objective, times, p=0.1, seed=0):
         B = len(x1)
         batch = {"x1": x1, "y": y, "t": times.sample(draws, B, torch.float64)}
         batch["x0"] = draws.normal("x0", tuple(x1.shape), torch.float64)
+        if coupling is not None:
+            batch["x0"] = batch["x0"][coupling(batch["x0"], x1, y, draws)]
         if y is not None:
             drop = draws.uniform("drop", (B,), torch.float64) < p
             batch["y"] = torch.where(drop, torch.full_like(y, K), y)
@@ -76,7 +78,7 @@ def test_ours_numpy_fm_passes(scheduler, times):
     assert report.passed, report.table()
 
 
-@pytest.mark.parametrize("coupling", ["ot", "sinkhorn"])
+@pytest.mark.parametrize("coupling", ["ot", "ot-class", "sinkhorn"])
 def test_ours_numpy_couplings_pass(coupling):
     step = numpy_step(np_obj.FlowMatching(AffinePath()), np_sched.Uniform(),
                       coupling=np_coupling.make_coupling(coupling, None))
@@ -95,6 +97,16 @@ def test_ours_torch_fm_passes(scheduler):
     step = torch_step(t_obj.FlowMatching(TorchPath(torch_scheduler(scheduler))),
                       t_sched.LogitNormal(0.0, 1.0))
     report = tc.check_training_step(step, scheduler, num_classes=K, label_dropout=0.1)
+    assert report.passed, report.table()
+
+
+@pytest.mark.parametrize("coupling", ["ot", "ot-class", "sinkhorn"])
+def test_ours_torch_couplings_pass(coupling):
+    from fm_torch.coupling import make_coupling
+
+    step = torch_step(t_obj.FlowMatching(TorchPath()), t_sched.Uniform(),
+                      coupling=make_coupling(coupling, None))
+    report = tc.check_training_step(step, num_classes=K, label_dropout=0.1)
     assert report.passed, report.table()
 
 
