@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from fm_numpy.data import TOY_DATASETS, load_mnist, sample_toy
+from fm_numpy.sources import load_pairs
 
 __all__ = ["load_mnist_tensors", "toy_tensor", "shard", "DATASETS", "ArraySource", "ToySource",
            "MnistSource", "PairSource", "open_data"]
@@ -118,9 +119,7 @@ class PairSource(ArraySource):
 
     @classmethod
     def from_file(cls, path, num_classes=None, rank=0, world_size=1):
-        """The pairs of a pairs .npz (fm_numpy.reflow.save_pairs) as float32 tensors."""
-        from fm_numpy.reflow import load_pairs
-
+        """The pairs of a pairs .npz (fm_numpy.sources.save_pairs) as float32 tensors."""
         x0, x1, y, _ = load_pairs(path)
         y = None if y is None else torch.from_numpy(y).long()
         return cls(torch.from_numpy(x0).float(), torch.from_numpy(x1).float(), y,
@@ -138,8 +137,16 @@ class PairSource(ArraySource):
 
 
 def open_data(spec, data_dir=None, n_train=None, toy_pool=100_000, seed=0, rank=0,
-              world_size=1):
-    """The source of a data set name: "mnist" or one of the toy sets."""
+              world_size=1, label_column=None, val_fraction=None):
+    """The source of a data set name ("mnist" or one of the toy sets) or of the user's file
+    or image folder (fm_torch/datafiles.py: this rank's shard of the training split, the
+    split seeded by seed, fm_numpy's split and scaling; .info is the run's data.json)."""
+    from fm_numpy.userdata import is_data_file
+
+    if is_data_file(spec):
+        from fm_torch.datafiles import open_user_data
+
+        return open_user_data(spec, label_column, val_fraction, seed, rank, world_size)
     if spec == "mnist":
         return MnistSource("train", data_dir, n_train, rank, world_size)
     if spec in TOY_DATASETS:

@@ -1,6 +1,7 @@
 """fm_torch's training loop: learning, exact resume, divergence, checkpoints, sampling."""
 
 import csv
+import math
 import os
 
 import pytest
@@ -50,9 +51,17 @@ def test_resume_matches_uninterrupted_run(tmp_path, settings):
     for (name, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values(),
                             strict=True):
         assert torch.equal(a, b), name
-    ema_a = load_checkpoint(whole / "ckpt.pt")["ema"]["model"]
-    ema_b = load_checkpoint(split / "ckpt.pt")["ema"]["model"]
+    ckpt_a, ckpt_b = load_checkpoint(whole / "ckpt.pt"), load_checkpoint(split / "ckpt.pt")
+    ema_a, ema_b = ckpt_a["ema"]["model"], ckpt_b["ema"]["model"]
     assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+    # AdamW's state (step count, both moments of every parameter) and the generator too
+    opt_a, opt_b = ckpt_a["optimizer"], ckpt_b["optimizer"]
+    assert opt_a["param_groups"] == opt_b["param_groups"]
+    assert sorted(opt_a["state"]) == sorted(opt_b["state"]) == list(range(len(ema_a)))
+    for i, state in opt_a["state"].items():
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(state[key], opt_b["state"][i][key]), (i, key)
+    assert torch.equal(ckpt_a["rng"][0], ckpt_b["rng"][0])
     assert [v for _, v in _losses(whole)] == [v for _, v in _losses(split)]
 
 
@@ -156,3 +165,40 @@ def test_mnist_defaults_to_warmup_and_cosine_decay():
     assert resolve_config(data="mnist", steps=800, warmup=0)["warmup"] == 0
     toy = resolve_config(data="moons")
     assert (toy["lr_schedule"], toy["warmup"]) == ("constant", 0)
+
+
+class _LabelRecorder(torch.nn.Module):
+    """v = x W + b; remembers every label batch the loop hands it."""
+
+    def __init__(self):
+        super().__init__()
+        self.W = torch.nn.Parameter(torch.zeros(2, 2))
+        self.b = torch.nn.Parameter(torch.zeros(2))
+        self.seen = []
+
+    def forward(self, x, t, y=None):
+        self.seen.append(y.clone())
+        return x @ self.W + self.b
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3, 0.5])
+def test_label_dropout_hands_the_net_the_null_class_with_probability_p(tmp_path, p):
+    """Any nn.Module trains (net=, data=); the loop replaces a label by the null class
+    num_classes = 4 with probability p, and nothing else: a binomial count, 5 sigma."""
+    from fm_torch.data import ArraySource
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(500, 2, generator=g), torch.randint(0, 4, (500,), generator=g)
+    net = _LabelRecorder()
+    train(tmp_path, progress=False, device="cpu", net=net, data=ArraySource(x, y),
+          steps=25, batch=64, ckpt_every=25, label_dropout=p)
+    seen = torch.cat(net.seen)  # (25 * 64,)
+    n = len(seen)
+    assert n == 25 * 64 and int(seen.min()) >= 0 and int(seen.max()) <= 4
+    nulls = int((seen == 4).sum())
+    assert abs(nulls - p * n) <= 5 * math.sqrt(n * p * (1 - p)), (nulls, p * n)
+    if p == 0:
+        assert nulls == 0
+    else:
+        assert nulls > 0
+    assert set(seen[seen < 4].tolist()) == {0, 1, 2, 3}  # the kept labels are the data's
