@@ -5,9 +5,9 @@ Properties (tolerances and their reasons: docs/crosscheck.md):
 - with those weights, the forward pass, the loss mean((v - ut)^2) and the gradient of
   every parameter (numpy's manual backward against torch's autograd) agree, with and
   without labels (y=None is the null class), for random architectures, batches and t;
-- fm_torch.train.flow_matching_loss equals the numpy loss;
-- one full training step (same x1, y, x0, t: path.sample, forward, loss, backward,
-  Adam/AdamW with optional weight decay and clipping) gives the same weights in both.
+- fm_torch.objectives.flow_matching_loss equals the numpy loss.
+Whole training steps (the real loops of both packages from the same draws: weights, EMA
+and Adam's moments) are tests/test_crosscheck_loops.py; Adam alone, tests/test_numpy_optim.py.
 
 Tolerances are relative to a "magnitude" pass: the same network run on |h_0|, |W|, |b|
 (and back with |dL/dv|), which bounds the sum of |terms| of every dot product, so
@@ -22,7 +22,6 @@ from crosscheck_helpers import RTOL, TORCH_DTYPE, assert_close, seeds
 from hypothesis import given
 from hypothesis import strategies as st
 
-import fm_numpy.optim as np_optim
 import fm_numpy.paths as np_paths
 import fm_torch.paths as th_paths
 from fm_numpy.models.mlp import MLP as NumpyMLP
@@ -169,8 +168,8 @@ def test_forward_loss_and_gradients_agree(dtype, direction, arch, seed, data, tm
 
 
 def _loss_pair(dtype, sched, seed, B):
-    """numpy's training loss and fm_torch.train.flow_matching_loss on the same batch."""
-    from fm_torch.train import flow_matching_loss
+    """numpy's training loss and fm_torch.objectives.flow_matching_loss on the same batch."""
+    from fm_torch.objectives import flow_matching_loss
 
     arch = {"dim": 3, "hidden": 8, "depth": 2, "time_features": 4, "num_classes": None}
     mlp_np = NumpyMLP(**arch, seed=seed % 1000, dtype=dtype)
@@ -197,78 +196,3 @@ def test_torch_flow_matching_loss_matches_numpy_loss(sched, seed, B):
 def test_torch_flow_matching_loss_matches_numpy_loss_float64():
     loss_np, loss_th, loss_scale = _loss_pair(np.float64, "condot", 0, 16)
     assert abs(loss_np - loss_th) <= RTOL[np.float64] * loss_scale, (loss_np, loss_th)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@given(
-    arch=architectures(),
-    sched=st.sampled_from(["condot", "sigma_min_ot", "cosine", "polynomial"]),
-    lr=st.floats(1e-4, 1e-1),
-    betas=st.tuples(st.floats(0.0, 0.99), st.floats(0.9, 0.9999)),
-    weight_decay=st.one_of(st.just(0.0), st.floats(1e-4, 0.1)),
-    decoupled=st.booleans(),
-    max_grad_norm=st.one_of(st.none(), st.floats(1e-3, 10.0)),
-    seed=st.integers(0, 10**6),
-    data=st.data(),
-)
-def test_one_training_step_gives_the_same_weights(dtype, arch, sched, lr, betas, weight_decay,
-                                                  decoupled, max_grad_norm, seed, data):
-    """x1, y, x0, t shared; each package samples its own path, runs its model and its Adam.
-
-    One Adam step from zero moments moves each weight by lr g / (|g| + eps) (bias
-    corrections cancel), whose sensitivity to the gradient is lr eps / (|g| + eps)^2: a
-    gradient error dg (bounded as in the gradient test) moves the weight by at most
-    lr dg eps / (|g| + eps)^2, plus a few ulps of |p| and lr. That is the tolerance.
-    """
-    mlp_np = NumpyMLP(**arch, seed=seed, dtype=dtype)
-    mlp_th = TorchMLP(**arch, seed=seed, dtype=TORCH_DTYPE[dtype])  # same init by contract
-    rng = np.random.default_rng(seed)
-    x1, x0 = rng.standard_normal((2, data.draw(st.integers(1, 64)), arch["dim"])).astype(dtype)
-    B = x1.shape[0]
-    t = rng.uniform(0, 1, B).astype(dtype)
-    y = rng.integers(0, arch["num_classes"] + 1, B) if arch["num_classes"] else None
-    kwargs = {"lr": lr, "betas": betas, "eps": 1e-8, "weight_decay": weight_decay}
-    scheduler_kwargs = {"n": 2.0} if sched == "polynomial" else {}
-    params_before = {k: p.astype(np.float64) for k, p in mlp_np.params.items()}
-
-    # numpy: the body of fm_numpy/train.py's loop
-    xt, ut = np_paths.AffinePath(np_paths.make_scheduler(sched, **scheduler_kwargs)).sample(
-        x0, x1, t)
-    _, _, g_np = _numpy_loss_and_grads(mlp_np, xt, t, y, ut)
-    grads_before = {k: g.astype(np.float64) for k, g in g_np.items()}
-    opt_np = np_optim.Adam(mlp_np.params, decoupled=decoupled, max_grad_norm=max_grad_norm,
-                           **kwargs)
-    opt_np.step(g_np)
-
-    # torch: autograd and torch.optim
-    xt_th, ut_th = th_paths.AffinePath(th_paths.make_scheduler(sched, **scheduler_kwargs)).sample(
-        torch.from_numpy(x0), torch.from_numpy(x1), torch.from_numpy(t))
-    opt_cls = torch.optim.AdamW if decoupled else torch.optim.Adam
-    opt_th = opt_cls(mlp_th.parameters(), foreach=False, **kwargs)
-    mlp_th.zero_grad()
-    v_th = mlp_th(xt_th, torch.from_numpy(t), None if y is None else torch.from_numpy(y))
-    ((v_th - ut_th) ** 2).mean().backward()
-    if max_grad_norm is not None:
-        torch.nn.utils.clip_grad_norm_(mlp_th.parameters(), max_grad_norm)
-    opt_th.step()
-
-    # gradient error bound (as in the gradient test, plus the path's round-off in ut)
-    _, g_scales = _magnitudes(params_before, arch, xt.astype(np.float64), t, y, ut)
-    rtol = RTOL[dtype]
-    eps_adam, eps = kwargs["eps"], np.finfo(dtype).eps
-    clip = 1.0
-    if max_grad_norm is not None:
-        norm = np.sqrt(sum(np.sum(g**2) for g in grads_before.values()))
-        clip = min(1.0, max_grad_norm / (norm + 1e-6))
-    for name, p_th in mlp_th.named_parameters():
-        g = clip * grads_before[name]
-        if weight_decay and not decoupled:
-            g = g + weight_decay * params_before[name]
-        dg = 2 * rtol * clip * g_scales[name]  # the clip factor itself carries ~rtol too
-        tol = np.minimum(lr * dg * eps_adam / (np.abs(g) + eps_adam) ** 2, 2 * lr)
-        tol += 8 * eps * (np.abs(params_before[name]) + lr)  # rounding of the update itself
-        assert_close(mlp_np.params[name], p_th.detach(), tol, 1.0, f"updated {name}")
-    # the step did move the weights (by about lr each)
-    moved = np.abs(mlp_np.params["W0"].astype(np.float64) - params_before["W0"])
-    assert moved.max() > 0.1 * lr
-

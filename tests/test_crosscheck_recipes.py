@@ -1,5 +1,6 @@
-"""Training recipes (fm_numpy/fm_torch schedules.py and ema.py): closed forms, the two packages
-step for step, moments of the time samplers, and bit-identical resume with every recipe on."""
+"""Training recipes (fm_numpy/fm_torch schedules.py and ema.py): closed forms, the two
+packages' rates and EMA step for step, moments of the time samplers, and bit-identical resume
+with every recipe on. (Whole training steps of both real loops: test_crosscheck_loops.py.)"""
 
 import math
 
@@ -11,9 +12,6 @@ from fm_numpy import schedules as np_sched
 from fm_numpy.ema import EMA as NumpyEMA
 from fm_numpy.io import load_npz
 from fm_numpy.models.mlp import MLP as NumpyMLP
-from fm_numpy.optim import Adam as NumpyAdam
-from fm_numpy.paths import AffinePath as NumpyPath
-from fm_numpy.paths import CondOT as NumpyCondOT
 from fm_torch import schedules as th_sched
 from fm_torch.ema import EMA as TorchEMA
 from fm_torch.models.mlp import MLP as TorchMLP
@@ -135,40 +133,8 @@ def test_time_sampler_moments_match_the_closed_form(name, m, s, package):
         assert abs(u.std() - s) < 4 * s / math.sqrt(2 * n)
 
 
-# ------------------------------------------------- whole recipe, both packages, 15 steps
-def test_recipe_training_steps_agree_between_packages():
-    """Same data, noise and normals; schedule, logit-normal t, Adam and EMA in each package."""
-    steps, B = 15, 32
-    lr_at = np_sched.LRSchedule("cosine", 1e-2, steps, warmup=3)
-    mlp_np = NumpyMLP(2, 16, 2, 8, seed=3, dtype=np.float64, time_scale=1.0)
-    mlp_th = TorchMLP(2, 16, 2, 8, seed=3, dtype=torch.float64, time_scale=1.0)
-    opt_np = NumpyAdam(mlp_np.params, lr=1e-2)
-    opt_th = torch.optim.Adam(mlp_th.parameters(), lr=1e-2)
-    ema_np, ema_th = NumpyEMA(mlp_np.params, 0.8), TorchEMA(mlp_th, 0.8)
-    path = NumpyPath(NumpyCondOT())
-    rng = np.random.default_rng(4)
-    for n in range(steps):
-        x1, x0, z = (rng.standard_normal((B, 2)), rng.standard_normal((B, 2)),
-                     rng.standard_normal(B))
-        t = np_sched.logit_normal(z, 0.2, 1.3)
-        xt, ut = path.sample(x0, x1, t)
-        diff = mlp_np.forward(xt, t) - ut
-        opt_np.lr = lr_at(n)
-        opt_np.step(mlp_np.backward(diff * (2.0 / diff.size)))
-        ema_np.update(mlp_np.params)
-        t_th = th_sched.logit_normal(torch.from_numpy(z), 0.2, 1.3)
-        xt_th = t_th[:, None] * torch.from_numpy(x1) + (1 - t_th[:, None]) * torch.from_numpy(x0)
-        loss = torch.mean((mlp_th(xt_th, t_th) - torch.from_numpy(x1 - x0)) ** 2)
-        opt_th.zero_grad()
-        loss.backward()
-        th_sched.set_lr(opt_th, lr_at(n))
-        opt_th.step()
-        ema_th.update(mlp_th)
-    for k, p in mlp_th.named_parameters():
-        np.testing.assert_allclose(mlp_np.params[k], p.detach().numpy(), rtol=0, atol=1e-10)
-        np.testing.assert_allclose(ema_np.params[k], ema_th.model.state_dict()[k].numpy(),
-                                   rtol=0, atol=1e-10)
-    assert not np.allclose(ema_np.params["W0"], mlp_np.params["W0"])  # the EMA lags
+# The whole recipe (warm-up + cosine rates, logit-normal t, Adam, EMA) in both packages'
+# real loops from the same draws: tests/test_crosscheck_loops.py (case logit-normal-cosine).
 
 
 # ------------------------------------------------------------------ resume, recipe on
