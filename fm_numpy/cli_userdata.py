@@ -109,7 +109,7 @@ def add_evaluate_parser(subparsers):
         "evaluate", help="judge a run on your own data against its held-out split")
     p.add_argument("--model", required=True, help="model.npz of a run trained with --data PATH")
     p.add_argument("--samples", help="judge this samples .npz (from sample) instead of drawing")
-    p.add_argument("-n", type=int, default=1000, help="samples to draw (default 1000)")
+    p.add_argument("-n", "--n", type=int, default=1000, help="samples to draw (default 1000)")
     p.add_argument("--method", default="rk4", help="euler, midpoint, heun, rk4, RK45, DOP853")
     p.add_argument("--steps", type=int, default=20, help="fixed-grid steps (default 20)")
     p.add_argument("--seed", type=int, default=0)

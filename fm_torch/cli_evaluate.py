@@ -143,6 +143,15 @@ def cmd_evaluate(args):
         raise ValueError("--n must be >= 2, --steps and --judge-steps positive")
     if args.out and not args.out.lower().endswith(".json"):
         raise ValueError(f"--out must name a .json file, got {args.out!r}")
+    from fm_numpy.userdata import run_data_info
+
+    info = run_data_info(args.model) if args.model else None
+    if info is not None:  # a run on the user's data: distances to its held-out split
+        if not os.path.isfile(args.model):
+            raise FileNotFoundError(f"no such checkpoint: {args.model}")
+        from fm_torch.cli_userdata import evaluate_user_run
+
+        return evaluate_user_run(args, info)
     if args.samples is None:
         from fm_numpy.io import check_memory
 

@@ -99,7 +99,8 @@ def build(config, data=None, net=None, data_dir=None, rank=0, world_size=1):
         source = PairSource.from_file(config["pairs"], num_classes, rank, world_size)
     else:
         source = open_data(config["data"], data_dir, config["n_train"], config["toy_pool"],
-                           config["seed"], rank, world_size)
+                           config["seed"], rank, world_size, config["label_column"],
+                           config["val_fraction"])  # the user's file: a seeded split
     path = AffinePath(make_scheduler(config["scheduler"]))
     if config["diffusion"] is not None:
         objective = make_objective(config, path)  # DDPM or Diff2Flow
@@ -110,7 +111,7 @@ def build(config, data=None, net=None, data_dir=None, rank=0, world_size=1):
     model = net
     if model is None:
         torch.manual_seed(config["seed"])  # the same initial weights in every process
-        if config["data"] == CUSTOM:  # sized from the user's data (fm_torch.models)
+        if config["data"] == CUSTOM or getattr(source, "info", None):  # sized from the data
             model = network_for(source.shape, source.num_classes, seed=config["seed"])
         else:
             model = build_model(config)
@@ -290,6 +291,8 @@ def _train(out, resume, progress, device, data_dir, config, world_size, rank, sy
     if is_main:
         _write_losses(loss_path, state.losses, append=False)  # drops rows after the checkpoint
         save_json(os.path.join(out, "config.json"), config)
+        if getattr(source, "info", None):  # the user's file: scaling, split, class names
+            save_json(os.path.join(out, "data.json"), source.info)
 
     cpu_backend = os.environ.get("FM_TORCH_COMPILE_CPU")  # tests: "inductor" or "aot_eager"
     backend = False
@@ -299,7 +302,7 @@ def _train(out, resume, progress, device, data_dir, config, world_size, rank, sy
     with DeferredStop() as stopper:
         callbacks = [Progress(enabled=progress and is_main), _StopOnSignal(stopper),
                      _RunFolder(out, config, model, world_size, is_main, timing)]
-        if data is None:  # the built-in sets have their pictures
+        if data is None and not getattr(source, "info", None):  # the built-in sets' pictures
             callbacks.append(_ProgressSamples(out, config, ema, device, is_main))
         state = fit(loop_net, source, objective, recipe, steps=config["steps"],
                     batch=config["batch"], coupling=coupling, draws=draws, optimizer=opt,

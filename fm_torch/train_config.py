@@ -20,7 +20,7 @@ DEFAULTS = {
     "coupling": "independent", "coupling_block": None, "objective": "fm",
     "meanflow_ratio": 0.25, "meanflow_norm_p": 1.0, "pairs": None, "distill": False,
     "diffusion": None, "init_from": None,  # fm_torch/train_diffusion.py: DDPM, Diff2Flow
-    "time_scale": 1000.0, **RECIPE_DEFAULTS,
+    "time_scale": 1000.0, "label_column": None, "val_fraction": None, **RECIPE_DEFAULTS,
 }
 # warm-up + cosine decay: at the demo budget it beat the constant rate at every guidance
 # measured (docs/benchmarks.md, "Recipes at the demo budget": FD 34.6 vs 42.2 at w = 2,
@@ -37,13 +37,22 @@ _RESUMABLE = ("steps", "ckpt_every", "sample_every", "bf16", "compile")
 def resolve_config(**overrides):
     """Defaults (MNIST's for data="mnist"), then the given non-None overrides; validated."""
     data = overrides.get("data") or DEFAULTS["data"]
-    if data not in DATASETS and data != CUSTOM:
+    from fm_numpy.userdata import DEFAULT_VAL_FRACTION, is_data_file, read_cached
+
+    user_file = is_data_file(data)  # the user's file: the network is sized from it
+    if data not in DATASETS and data != CUSTOM and not user_file:
         raise ValueError(f"unknown data set {data!r}; choose one of {', '.join(DATASETS)}")
+    if not user_file and (overrides.get("label_column") is not None
+                          or overrides.get("val_fraction")):
+        raise ValueError("label_column and val_fraction are for the user's own data files")
+    images = user_file and read_cached(data, overrides.get("label_column")).kind == "images"
     config = dict(DEFAULTS)
-    if data == "mnist":
+    if data == "mnist" or images:  # images take MNIST's measured U-Net recipe
         config.update(MNIST_DEFAULTS)
+    if user_file:
+        config["val_fraction"] = DEFAULT_VAL_FRACTION
     config.update({k: v for k, v in overrides.items() if v is not None})
-    if data == "mnist" and overrides.get("warmup") is None:
+    if (data == "mnist" or images) and overrides.get("warmup") is None:
         config["warmup"] = int(config["steps"] * MNIST_WARMUP_FRACTION)
     unknown = set(config) - set(DEFAULTS)
     if unknown:

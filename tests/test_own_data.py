@@ -75,9 +75,10 @@ def test_csv_end_to_end(tmp_path, package):
     np.testing.assert_allclose(info["scaling"]["mean"], x[train_idx].mean(0), rtol=1e-9)
     np.testing.assert_allclose(info["scaling"]["std"], x[train_idx].std(0), rtol=1e-9)
     model = run / ("model.npz" if package == "fm_numpy" else "ckpt.pt")
+    out = ["--out", str(tmp_path / "s.npz")] if package == "fm_numpy" else [
+        "--out", str(tmp_path / "s.png"), "--npz", str(tmp_path / "s.npz")]  # + a scatter
     code, _, err = _run(package, ["sample", "--model", str(model), "--per-class", "200",
-                                  "--steps", "10", "--out", str(tmp_path / "s.npz")]
-                        + ([] if package == "fm_numpy" else ["--npz", str(tmp_path / "s.npz")]))
+                                  "--steps", "10", "--guidance", "1", *out])
     assert code == 0, err
     with np.load(tmp_path / "s.npz") as f:
         samples, labels = f["samples"], f["labels"]
@@ -88,7 +89,7 @@ def test_csv_end_to_end(tmp_path, package):
     # the label conditions: class 7's feature a sits about 2 above class 3's
     gap = samples[labels == 7, 0].mean() - samples[labels == 3, 0].mean()
     assert 1.0 < gap < 3.0, gap
-    code, out, err = _run(package, ["evaluate", "--model", str(model), "-n", "200",
+    code, out, err = _run(package, ["evaluate", "--model", str(model), "--n", "200",
                                     "--steps", "10", "--out", str(tmp_path / "m.json")])
     assert code == 0, err
     report = json.loads((tmp_path / "m.json").read_text())
@@ -121,7 +122,7 @@ def test_image_folder_end_to_end(tmp_path, package, monkeypatch):
     grid = tmp_path / "s_grid.png" if package == "fm_numpy" else grid
     canvas = read_png(grid)  # 2 class rows of 3 images, each enlarged to >= 32 pixels
     assert canvas.ndim == 3 and canvas.shape[2] == 3 and canvas.shape[0] < canvas.shape[1]
-    code, out, err = _run(package, ["evaluate", "--model", str(model), "-n", "8",
+    code, out, err = _run(package, ["evaluate", "--model", str(model), "--n", "8",
                                     "--steps", "2"])
     assert code == 0, err
     assert "nearest training image" in out
