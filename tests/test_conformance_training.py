@@ -78,6 +78,16 @@ def test_ours_numpy_fm_passes(scheduler, times):
     assert report.passed, report.table()
 
 
+@settings(max_examples=6, deadline=None)
+@given(scheduler=st.sampled_from(["condot", "sigma_min_ot", "cosine", "linear_vp", "vp",
+                                  "polynomial"]), seed=st.integers(0, 10**6))
+def test_ours_numpy_fm_passes_every_scheduler(scheduler, seed):
+    step = numpy_step(np_obj.FlowMatching(AffinePath(make_scheduler(scheduler))),
+                      np_sched.Uniform(), seed=seed)
+    report = check_training_step(step, scheduler, seed=seed % 1000)
+    assert report.passed, report.table()
+
+
 @pytest.mark.parametrize("coupling", ["ot", "ot-class", "sinkhorn"])
 def test_ours_numpy_couplings_pass(coupling):
     step = numpy_step(np_obj.FlowMatching(AffinePath()), np_sched.Uniform(),
