@@ -338,3 +338,26 @@ def test_a_strided_slice_is_a_view_that_reads_nothing(tmp_path):
     shard = view[1::3]  # rank 1 of 3
     assert isinstance(shard, RowView) and shard._fd is None  # no file opened yet
     assert np.array_equal(shard[:], x[2:30][1::3])
+
+
+def test_each_rank_holds_only_its_shard_and_reads_only_its_rows(tmp_path):
+    """Under torchrun a rank's source is rows rank, rank + world, ... of the training split,
+    a RowView of the memory-mapped file: nothing is read until a batch asks for rows."""
+    import torch
+
+    from fm_torch.datafiles import open_user_data
+    from fm_torch.draws import GeneratorDraws
+
+    x = np.random.default_rng(3).standard_normal((103, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    train_idx, _ = split_indices(103, 0.1, seed=5)
+    for rank in range(3):
+        src = open_user_data(str(tmp_path / "x.npy"), val_fraction=0.1, seed=5, rank=rank,
+                             world_size=3)
+        assert isinstance(src.x, RowView) and src.x._fd is None  # nothing read yet
+        assert np.array_equal(src.x.idx, train_idx[rank::3])
+        x1, y, _ = src.batch(GeneratorDraws(torch.Generator().manual_seed(0), "cpu"), 8)
+        assert x1.shape == (8, 4) and y is None
+        rows = src.scaling.decode(x1.double().numpy())  # back to the file's rows
+        mine = x[train_idx[rank::3]]
+        assert all(np.abs(mine - r).max(axis=1).min() < 1e-5 for r in rows)
