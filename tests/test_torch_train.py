@@ -3,6 +3,7 @@
 import csv
 import math
 import os
+import signal
 
 import pytest
 import torch
@@ -202,3 +203,45 @@ def test_label_dropout_hands_the_net_the_null_class_with_probability_p(tmp_path,
     else:
         assert nulls > 0
     assert set(seen[seen < 4].tolist()) == {0, 1, 2, 3}  # the kept labels are the data's
+
+
+class _SignalAt(torch.nn.Module):
+    """An MLP that sends its own process `signals` in forward call number `at` (a
+    deterministic stand-in for a cluster's SIGTERM arriving mid-step)."""
+
+    def __init__(self, at, signals):
+        super().__init__()
+        from fm_torch.models.mlp import MLP
+
+        self.mlp, self.at, self.signals, self.calls = MLP(2, 16, 2, 8, seed=1), at, signals, 0
+
+    def forward(self, x, t, y=None):
+        self.calls += 1
+        if self.calls == self.at:
+            for signum in self.signals:
+                os.kill(os.getpid(), signum)
+        return self.mlp(x, t, y)
+
+
+def test_sigterm_saves_at_a_whole_step_and_the_run_resumes_exactly(tmp_path):
+    from fm_torch.interrupt import TrainingInterrupted
+
+    run = dict(progress=False, device="cpu", data="moons", toy_pool=512, batch=32, steps=12,
+               ckpt_every=100, sample_every=10**6)
+    whole, _ = train(tmp_path / "whole", net=_SignalAt(0, ()), **run)
+    with pytest.raises(TrainingInterrupted, match="interrupted at step 5 \\(SIGTERM\\)"):
+        train(tmp_path / "cut", net=_SignalAt(5, (signal.SIGTERM,)), **run)
+    assert load_checkpoint(tmp_path / "cut" / "ckpt.pt")["step"] == 5  # that step finished
+    resumed, _ = train(tmp_path / "cut", resume=True, net=_SignalAt(0, ()), **run)
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(),
+                            strict=True):
+        assert torch.equal(a, b), name
+    assert _losses(tmp_path / "whole") == _losses(tmp_path / "cut")
+
+
+def test_a_second_signal_aborts_at_once_without_a_checkpoint(tmp_path):
+    with pytest.raises(KeyboardInterrupt, match="second SIGTERM") as info:
+        train(tmp_path, progress=False, device="cpu", data="moons", toy_pool=512, batch=32,
+              steps=12, ckpt_every=100, net=_SignalAt(5, (signal.SIGINT, signal.SIGTERM)))
+    assert info.type is KeyboardInterrupt  # not TrainingInterrupted: no save-then-stop
+    assert not (tmp_path / "ckpt.pt").exists()
