@@ -63,7 +63,8 @@ def resolve_config(**overrides):
         config.update(data_defaults(data, overrides.get("label_column"), overrides.get("arch"),
                                     overrides.get("steps")))
     elif overrides.get("label_column") is not None or overrides.get("val_fraction"):
-        raise ValueError("label_column and val_fraction are for the user's own data files")
+        raise ValueError(f"label_column and val_fraction are for the user's own data "
+                         f"files, not data {data!r}")
     if data == "mnist":
         config.update({"mlp": MNIST_DEFAULTS, "resmlp": MNIST_RESMLP_DEFAULTS}.get(
             overrides.get("arch"), MNIST_CONVNET_DEFAULTS))

@@ -44,7 +44,8 @@ def resolve_config(**overrides):
         raise ValueError(f"unknown data set {data!r}; choose one of {', '.join(DATASETS)}")
     if not user_file and (overrides.get("label_column") is not None
                           or overrides.get("val_fraction")):
-        raise ValueError("label_column and val_fraction are for the user's own data files")
+        raise ValueError(f"label_column and val_fraction are for the user's own data "
+                         f"files, not data {data!r}")
     images = user_file and read_cached(data, overrides.get("label_column")).kind == "images"
     config = dict(DEFAULTS)
     if data == "mnist" or images:  # images take MNIST's measured U-Net recipe
