@@ -16,7 +16,7 @@ from fm_numpy.models import load_model
 from fm_numpy.models import network_for as numpy_network_for
 from fm_numpy.models.convnet import ConvUNet as NumpyConvUNet
 from fm_numpy.models.mlp import MLP as NumpyMLP
-from fm_numpy.models.sizing import default_sizes, levels_for
+from fm_numpy.models.sizing import default_sizes, image_defaults, levels_for
 from fm_torch.models import network_for as torch_network_for
 from fm_torch.models.convnet import ConvUNet as TorchConvUNet
 from fm_torch.models.unet import UNet
@@ -164,6 +164,10 @@ def test_sizing_rules():
     assert default_sizes((1, 8, 8), "unet")["mults"] == [1, 2]
     with pytest.raises(ValueError, match="needs images"):
         default_sizes((64,), "convnet")
+    assert image_defaults((1, 8, 8))["batch"] == 64 and image_defaults((3, 7, 9))["batch"] == 64
+    assert image_defaults((3, 32, 32))["batch"] == 32
+    with pytest.raises(ValueError, match="takes an image shape"):
+        image_defaults((64,))
 
 
 @pytest.mark.parametrize("shape", [(2,), (64,), (1, 8, 8), (8, 8), (3, 7, 9), (3, 32, 32)])

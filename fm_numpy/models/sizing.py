@@ -6,7 +6,8 @@ gives a network for a data source's shape and class count. NumPy only."""
 import numpy as np
 
 __all__ = ["image_shape", "padding", "upgrade_config", "sample_shape", "levels_for",
-           "default_sizes"]
+           "default_sizes", "IMAGE_DEFAULTS", "LARGE_IMAGE_DEFAULTS", "IMAGE_GUIDANCE",
+           "image_defaults"]
 
 
 def image_shape(dim=None, channels=1, height=None, width=None):
@@ -101,3 +102,27 @@ def default_sizes(shape, arch):
         return {"base": width, "mults": [1, 2, 2][:levels], "res_blocks": 1,
                 "time_features": 32}
     raise ValueError(f"no sizing rule for arch {arch!r}")
+
+
+# Training defaults for a user's images (both packages), measured with
+# benchmarks/small_data.py on scikit-learn's digits (1438 training images, 8 x 8): 600 steps
+# of 64 (EMA 0.999, warm-up then cosine decay) gave guided samples (w = 2, midpoint, 20
+# steps) that a logistic regression fitted on the real training split (0.964 on held-out
+# real digits) assigned to their class 100 % of the time, 96 % at w = 1; 1500 steps gave
+# the same. A step costs 85 ms of CPU (NumPy ConvUNet) / 117 ms (torch U-Net) at 8 x 8.
+IMAGE_DEFAULTS = {"arch": "convnet", "steps": 600, "batch": 64, "lr": 2e-3, "warmup": 50,
+                  "lr_schedule": "cosine", "ema_decay": 0.999}
+IMAGE_GUIDANCE = 2.0  # `sample`'s default w for image models
+# Larger images (a side above 12 pixels: width 16, 3 levels): a step of 32 costs 404 ms of
+# CPU at 32 x 32 RGB, so the same budget buys 600 steps of 32.
+LARGE_IMAGE_DEFAULTS = {**IMAGE_DEFAULTS, "batch": 32}
+
+
+def image_defaults(shape):
+    """The training settings of IMAGE_DEFAULTS / LARGE_IMAGE_DEFAULTS for images of `shape`
+    (a side above 12 pixels is large); the network's widths come from default_sizes."""
+    shape = sample_shape(shape)
+    if len(shape) == 1:
+        raise ValueError(f"image_defaults takes an image shape (C, H, W), got {shape}")
+    _, H, W = shape
+    return dict(IMAGE_DEFAULTS if max(H, W) <= 12 else LARGE_IMAGE_DEFAULTS)
