@@ -206,7 +206,20 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=8, help="resize the digits to size x size")
     p.add_argument("--rgb", action="store_true", help="tint each digit with a random colour")
+    p.add_argument("--judge-samples", default=None,
+                   help="only judge this samples .npz (images, labels) of `fm-numpy sample`")
     args = p.parse_args(argv)
+    if args.judge_samples:  # the CLI's own samples: images (N, H, W[, C]) uint8, labels
+        arrays = export_digits(args.data_out or f"runs/small_data/digits{args.size}"
+                               f"{'rgb' * args.rgb}", size=args.size, rgb=args.rgb)
+        (x_tr, y_tr), (x_te, y_te) = arrays["train"], arrays["test"]
+        judge = Judge(x_tr, y_tr, int(y_tr.max()) + 1)
+        with np.load(args.judge_samples, allow_pickle=False) as f:
+            images, labels = f["images"], f["labels"].astype(np.int64)
+        print(json.dumps({"judge_held_out_accuracy": float(np.mean(judge.predict(x_te) == y_te)),
+                          "n": len(labels),
+                          "accuracy": float(np.mean(judge.predict(images) == labels))}))
+        return
     out = args.out or f"runs/small_data/{args.package}"
     if os.path.exists(os.path.join(out, "run")):
         p.error(f"{out}/run exists; choose another --out")
