@@ -62,13 +62,24 @@ def rfp(module):
     """rectified_flow_pytorch.<module> without running the package's __init__."""
     stub_missing(["torchvision", "torchvision.utils", "torchvision.models",
                   "torchvision.transforms", "accelerate", "hyper_connections",
-                  "hyper_connections.hyper_connections_channel_first", "lpips"])
+                  "hyper_connections.hyper_connections_channel_first", "lpips", "x_unet"])
     if "rectified_flow_pytorch" not in sys.modules:
         spec = importlib.util.find_spec("rectified_flow_pytorch")
         pkg = types.ModuleType("rectified_flow_pytorch")
         pkg.__path__ = list(spec.submodule_search_locations)
         sys.modules["rectified_flow_pytorch"] = pkg
-    return importlib.import_module(f"rectified_flow_pytorch.{module}")
+    for _ in range(12):  # later releases import more of lucidrains' zoo (x_unet, x_transformers)
+        try:
+            return importlib.import_module(f"rectified_flow_pytorch.{module}")
+        except ModuleNotFoundError as e:
+            if not e.name or e.name.split(".")[0] in ("torch", "numpy", "einops", "einx",
+                                                      "rectified_flow_pytorch"):
+                raise
+            for name in list(sys.modules):
+                if name.startswith("rectified_flow_pytorch."):
+                    del sys.modules[name]
+            stub_missing([e.name])
+    raise ModuleNotFoundError(f"rectified_flow_pytorch.{module}: too many missing imports")
 
 
 def _net(forward):
@@ -192,6 +203,35 @@ def rfp_data_prediction(version):
         if "noised" in inspect.signature(loss.forward).parameters:
             kwargs["noised"] = xt
         loss.forward(v, v, **kwargs)
+        return seen["x1"]
+    return check_prediction(convert, "x1", "condot")
+
+
+def rectified_flow_prediction(version):
+    """RectifiedFlow.forward's predicted data (handed to its loss as pred_data): data = noise =
+    xt makes its noised input xt at any t; torch.rand returns the kit's t; the net returns v."""
+    import torch
+
+    from fm_torch.conformance import check_prediction
+
+    mod = rfp("rectified_flow")
+
+    def convert(xt, v, t):
+        seen = {}
+
+        class Capture(torch.nn.Module):
+            def forward(self, output, target, pred_data=None, **kwargs):
+                seen["x1"] = pred_data
+                return (output * 0).sum()
+        rf = mod.RectifiedFlow(_net(lambda x, times: v), time_cond_kwarg="times",
+                               loss_fn=Capture(), data_normalize_fn=mod.identity,
+                               data_unnormalize_fn=mod.identity)
+        real = torch.rand
+        torch.rand = lambda *a, **k: t.clone()
+        try:
+            rf(xt, noise=xt)
+        finally:
+            torch.rand = real
         return seen["x1"]
     return check_prediction(convert, "x1", "condot")
 

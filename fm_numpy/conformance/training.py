@@ -78,6 +78,20 @@ def _gather(report, probe, steps, x1, x0s, y):
     return {k: np.concatenate(v) for k, v in rows.items()}
 
 
+def _per_batch_note(report, rows):
+    """A note when every call has r = t for all rows or for none (a per-batch choice)."""
+    fractions, start, n = [], 0, rows["n"]
+    while start < len(n):
+        k = int(n[start])
+        sl = slice(start, start + k)
+        fractions.append(float(np.mean(np.abs(rows["r"][sl] - rows["t"][sl]) > 1e-7)))
+        start += k
+    if len(fractions) > 1 and all(f in (0.0, 1.0) for f in fractions):
+        report.note(f"r = t is chosen per batch, not per sample ({sum(fractions):.0f} of "
+                    f"{len(fractions)} calls have r != t in every row, the rest in none): the "
+                    "expected loss is the same, its variance is not the paper's")
+
+
 def _rematch(rows, x1):
     """Rows re-paired by the loss (an OT coupling moves x1 too): each network row's x1 is the
     probe row with the largest projection <xt, x1_j> (the rows of x1 are orthogonal); only
@@ -176,6 +190,7 @@ def check_training_step(loss_fn, scheduler="condot", objective="fm", times="any"
                         "model(z, t, r=r)")
             return report
         pair_findings(report, rows["r"], t, ratio, times)
+        _per_batch_note(report, rows)
     else:
         time_findings(report, t, times)
     # 2. labels
