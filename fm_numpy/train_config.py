@@ -112,6 +112,10 @@ def resolve_config(**overrides):
     if not (real(config["time_scale"]) and 0 < config["time_scale"] < math.inf):
         raise ValueError(f"time_scale must be a positive finite number, "
                          f"got {config['time_scale']!r}")
+    if config["arch"] != "mlp" and config["time_scale"] != DEFAULTS["time_scale"]:
+        # the ResMLP and ConvUNet embed 1000 t: a scale they would ignore is refused
+        raise ValueError(f"time_scale applies to the mlp only; the {config['arch']} network "
+                         f"embeds 1000 t, got time_scale {config['time_scale']!r}")
     if not (real(config["ema_decay"]) and 0 <= config["ema_decay"] < 1):
         raise ValueError(f"ema_decay must lie in [0, 1), got {config['ema_decay']!r}")
     make_recipe(config)  # lr schedule and time sampling: ValueError for a bad setting

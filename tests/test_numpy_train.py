@@ -191,3 +191,13 @@ def test_a_second_signal_aborts_at_once(tmp_path):
     assert not isinstance(info.value, TrainingInterrupted)
     assert int(load_npz(tmp_path / "r" / "checkpoint.npz")["step"]) == 5
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+@pytest.mark.parametrize("arch", ["resmlp", "convnet"])
+def test_time_scale_is_refused_where_the_network_would_ignore_it(arch):
+    from fm_numpy.train_config import resolve_config
+
+    with pytest.raises(ValueError, match="time_scale applies to the mlp only"):
+        resolve_config(data="mnist", arch=arch, time_scale=7.0)
+    assert resolve_config(data="mnist", arch=arch)["time_scale"] == 1000.0
+    assert resolve_config(data="moons", arch="mlp", time_scale=7.0)["time_scale"] == 7.0
