@@ -18,6 +18,7 @@ class EMA:
             raise ValueError(f"EMA decay must lie in [0, 1), got {decay}")
         self.decay = float(decay)
         self.params = {k: np.array(p, copy=True) for k, p in params.items()}
+        self._tmp = {k: np.empty_like(p) for k, p in self.params.items()}  # (1 - d) theta
         self.updates = 0
 
     def update(self, params):
@@ -26,7 +27,9 @@ class EMA:
         self.updates += 1
         for name, p_ema in self.params.items():
             p_ema *= d
-            p_ema += (1 - d) * params[name]
+            tmp = self._tmp[name]  # preallocated: no new array per parameter per step
+            np.multiply(params[name], 1 - d, out=tmp)
+            p_ema += tmp
 
     def state_dict(self):
         """Arrays for a checkpoint: "param.<name>" and "updates"/"decay" as 0-d arrays."""
