@@ -64,20 +64,21 @@ def _read_data(path, label_column=None):
 def data_defaults(spec, label_column=None, arch=None, steps=None):
     """Training defaults for the user's file: the network sized from its shape (an MLP for
     vectors, the ConvUNet for images; fm_numpy/models/sizing.py) and the held-out split;
-    images also take MNIST's measured ConvUNet recipe (batch 32, cosine decay, a warm-up of
-    100 steps, or a tenth of a shorter run)."""
-    from fm_numpy.models.sizing import default_sizes
+    images also take the measured image recipe of sizing.image_defaults (its warm-up cut to
+    a tenth of a shorter run)."""
+    from fm_numpy.models.sizing import default_sizes, image_defaults
 
     rec = _read_data(spec, label_column)
     arch = arch or ("convnet" if rec.kind == "images" else "mlp")
     out = {"arch": arch, "val_fraction": DEFAULT_VAL_FRACTION, **default_sizes(rec.shape, arch)}
     if rec.kind == "images":
+        recipe = {k: v for k, v in image_defaults(rec.shape).items() if k != "arch"}
         try:  # a bad steps value is refused by the config's own check, not here
-            warmup = max(0, min(100, int(2800 if steps is None else steps) // 10))
+            short = int(recipe["steps"] if steps is None else steps) // 10
+            recipe["warmup"] = max(0, min(recipe["warmup"], short))
         except (TypeError, ValueError, OverflowError):
-            warmup = 100
-        out.update({"steps": 2800, "batch": 32, "lr": 2e-3, "lr_schedule": "cosine",
-                    "warmup": warmup, "ema_decay": 0.0})
+            pass
+        out.update(recipe)
     return out
 
 
