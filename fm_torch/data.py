@@ -22,7 +22,7 @@ from fm_numpy.data import TOY_DATASETS, load_mnist, sample_toy
 from fm_numpy.sources import load_pairs
 
 __all__ = ["load_mnist_tensors", "toy_tensor", "shard", "DATASETS", "ArraySource", "ToySource",
-           "MnistSource", "PairSource", "open_data"]
+           "MnistSource", "PairSource", "open_data", "open_user_data"]
 
 DATASETS = ("mnist",) + tuple(TOY_DATASETS)
 
@@ -144,11 +144,25 @@ def open_data(spec, data_dir=None, n_train=None, toy_pool=100_000, seed=0, rank=
     from fm_numpy.userdata import is_data_file
 
     if is_data_file(spec):
-        from fm_torch.datafiles import open_user_data
-
         return open_user_data(spec, label_column, val_fraction, seed, rank, world_size)
     if spec == "mnist":
         return MnistSource("train", data_dir, n_train, rank, world_size)
     if spec in TOY_DATASETS:
         return ToySource(spec, toy_pool, seed, rank, world_size)
     raise ValueError(f"unknown data set {spec!r}; choose one of {', '.join(DATASETS)}")
+
+
+def open_user_data(spec, label_column=None, val_fraction=None, seed=0, rank=0, world_size=1):
+    """fm_torch.data.ArraySource of this rank's shard of the training split of the user's
+    file (fm_numpy/userdata.py: the same split and scaling as fm_numpy's, from the same
+    seed); .shape is the model-space sample shape, .info the run folder's data.json."""
+    from fm_numpy.userdata import UserData
+
+    data = UserData(spec, label_column, val_fraction, seed)
+    y = data.labels(data.train_idx)
+    # the source shards x[rank::world] itself: a RowView of those rows, nothing read yet
+    src = ArraySource(data.train, None if y is None else torch.from_numpy(y), data.scaling,
+                      num_classes=data.rec.num_classes, rank=rank, world_size=world_size)
+    src.shape = data.rec.shape  # (D,) or (C, H, W), whatever the raw layout
+    src.info = data.info()
+    return src

@@ -34,18 +34,6 @@ def batch_tensors(x, y, idx, scaling, dtype=torch.float32, device=None):
     return x1, labels
 
 
-def open_user_data(spec, label_column=None, val_fraction=None, seed=0, rank=0, world_size=1):
-    """fm_torch.data.ArraySource of this rank's shard of the training split of the user's
-    file (fm_numpy/userdata.py: the same split and scaling as fm_numpy's, from the same
-    seed); .shape is the model-space sample shape, .info the run folder's data.json."""
-    from fm_numpy.userdata import UserData
-    from fm_torch.data import ArraySource
-
-    data = UserData(spec, label_column, val_fraction, seed)
-    y = data.labels(data.train_idx)
-    # the source shards x[rank::world] itself: a RowView of those rows, nothing read yet
-    src = ArraySource(data.train, None if y is None else torch.from_numpy(y), data.scaling,
-                      num_classes=data.rec.num_classes, rank=rank, world_size=world_size)
-    src.shape = data.rec.shape  # (D,) or (C, H, W), whatever the raw layout
-    src.info = data.info()
-    return src
+# open_user_data lives in fm_torch/data.py beside ArraySource (which it builds), so
+# data.py need not import this module: no import circle; re-exported here.
+from fm_torch.data import open_user_data  # noqa: E402
