@@ -4,10 +4,10 @@
 A run on the user's data has data.json beside ckpt.pt (fm_numpy/userdata.py). Its network is
 the one `network_for` sizes from the data (fm_torch/models/__init__.py), rebuilt from the
 recorded sample shape and class count. `sample` writes the PNG --out (a grid of images,
-one row per class, or a scatter of the first two features) and, with --npz, the samples in
-the data's units: `samples` (N, D) or `images` (the data's layout, uint8 for 8-bit data),
-`labels` (the data's label values) and `class_names`. Labelled data: --per-class of each
-class; unlabelled: -n.
+one row per class, or a scatter of the first two features, standardised) and, with --npz,
+the samples in the data's units: `samples` (N, D) or `images` (the data's layout, uint8 for
+8-bit data), `labels` (the data's label values) and `class_names`. Labelled data:
+--per-class of each class; unlabelled: -n.
 """
 
 import os
@@ -112,10 +112,10 @@ def sample_user_run(args, info):
     if images:
         write_image_grid(args.out, z, shape, None if labels is None else labels[:len(z)])
     else:
-        x = scaling.decode(z)  # (rows, D) in the data's units
-        points = x[:, :2] if x.shape[1] >= 2 else np.concatenate([x, np.zeros_like(x)], 1)
-        save_scatter(args.out, points, f"{os.path.basename(info['file']['path'])}: "
-                                       f"{n} samples (first two columns)")
+        # standardised units (the plot's fixed [-4, 4] frame), the first two features
+        points = z[:, :2] if z.shape[1] >= 2 else np.concatenate([z, np.zeros_like(z)], 1)
+        save_scatter(args.out, points, f"{os.path.basename(info['file']['path'])}: {n} "
+                                       "samples, standardised")
     print(f"wrote {args.out} ({n} {'images' if images else 'samples'})"
           + (f" and {args.npz} (the data's units)" if args.npz else ""))
     return 0
