@@ -6,9 +6,9 @@
     fm-numpy evaluate --model runs/table/model.npz
 
 A run on the user's data has data.json beside its model (fm_numpy/userdata.py): `sample`
-decodes to the data's units (vectors `samples` (N, D); images `images` in the data's layout,
-uint8 for 8-bit data) with `labels` (the data's own label values) and `class_names`, and
-writes a PNG grid for images.
+decodes to the data's units (vectors `samples` (N, D); images `images` (N, H, W) or
+(N, H, W, C), uint8 for 8-bit data) with `labels` (the data's own label values) and
+`class_names`, and writes a PNG grid for images.
 """
 
 import os

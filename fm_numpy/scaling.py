@@ -129,23 +129,29 @@ class MinMax:
             hi = lo + 1.0  # constant images: any positive width maps them to -1
         return cls(lo, hi, shape, layout, False, dtype)
 
-    def _to_model(self, x):  # raw (B, ...) -> (B, C, H, W)
-        if self.layout == "NHW":
+    def _to_model(self, x, layout):  # raw (B, ...) -> (B, C, H, W)
+        if layout == "NHW":
             return x[:, None]
-        if self.layout == "NHWC":
+        if layout == "NHWC":
             return x.transpose(0, 3, 1, 2)
         return x
 
     def encode(self, raw, dtype=np.float64):
+        """Raw images in the data's layout, or as decode gives them ((B, H, W, C) for data
+        stored channels first, so `evaluate --samples` reads `sample`'s files)."""
         x = np.asarray(raw)
+        layout = self.layout
         if x.shape[1:] != self.raw_shape:
-            raise ValueError(f"raw images must be (B, {', '.join(map(str, self.raw_shape))}), "
-                             f"got {x.shape}")
+            c, h, w = self.shape
+            if layout != "NCHW" or x.shape[1:] != (h, w, c):
+                raise ValueError(f"images must be (B, {', '.join(map(str, self.raw_shape))}), "
+                                 f"got {x.shape}")
+            layout = "NHWC"  # a decoded sample of channels-first data
         if self.eight_bit:
             z = x.astype(np.float64) / 127.5 - 1  # (B, ...)
         else:
             z = 2 * (x.astype(np.float64) - self.lo) / (self.hi - self.lo) - 1
-        return np.ascontiguousarray(self._to_model(z), dtype=dtype)  # (B, C, H, W)
+        return np.ascontiguousarray(self._to_model(z, layout), dtype=dtype)  # (B, C, H, W)
 
     @property
     def raw_shape(self):

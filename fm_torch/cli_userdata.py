@@ -5,8 +5,8 @@ A run on the user's data has data.json beside ckpt.pt (fm_numpy/userdata.py). It
 the one `network_for` sizes from the data (fm_torch/models/__init__.py), rebuilt from the
 recorded sample shape and class count. `sample` writes the PNG --out (a grid of images,
 one row per class, or a scatter of the first two features, standardised) and, with --npz,
-the samples in the data's units: `samples` (N, D) or `images` (the data's layout, uint8 for
-8-bit data), `labels` (the data's label values) and `class_names`. Labelled data:
+the samples in the data's units: `samples` (N, D) or `images` ((N, H, W) or (N, H, W, C),
+uint8 for 8-bit data), `labels` (the data's label values) and `class_names`. Labelled data:
 --per-class of each class; unlabelled: -n.
 """
 

@@ -173,6 +173,7 @@ def test_image_arrays_layouts_and_8bit_round_trip(tmp_path, layout, shape, model
     nudged = want.astype(int) + (want < 255)  # +0.6 of a level rounds up, 255 stays
     assert np.array_equal(scaling.decode(z + 0.6 / 127.5), nudged)
     assert scaling.decode(np.full_like(z, 3.0)).max() == 255  # clipped, not wrapped
+    assert np.array_equal(scaling.encode(back), z)  # sample's files encode again (evaluate)
 
 
 def test_float_images_range():
