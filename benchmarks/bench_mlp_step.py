@@ -12,7 +12,9 @@ batch 4096: Meta's notebook). All run in one process with the same thread count
 (torch.set_num_threads = the BLAS thread count), interleaved: each repetition times a
 block of steps of every implementation in turn, the order reversed every other
 repetition, so machine load hits all alike. Prints median [q25, q75] ms per step and the
-ratios numpy/Meta and numpy/torch (goal <= 0.9), and writes bench_mlp_step.png.
+ratios numpy/Meta and numpy/torch (goal <= 0.9), and writes bench_mlp_step.png. Then the
+parts of the fm_numpy step at the notebook size (matrix products against elementwise work,
+beside torch's kernels for the same shapes: benchmarks/mlp_step_parts.py).
 
 Meta's package is installed for the benchmark only (benchmarks.bench_libraries.
 ensure_packages: pip --no-deps into runs/bench/site); without it its rows say so.
@@ -225,6 +227,13 @@ def main(quick=False, out_dir=None):
     results = {size: run(size, *plan[size], notes) for size in SIZES}
     for size in SIZES:
         print(report({size: results[size]}, threads, *plan[size]))
+    from benchmarks import mlp_step_parts
+
+    hidden, depth, batch = SIZES["notebook"]  # where the time goes at the notebook size
+    print(f"Parts of the fm_numpy step at the notebook size ({threads} thread(s), medians of "
+          f"{1 if quick else 9} interleaved repetitions, `python -m benchmarks.mlp_step_parts`):\n")
+    print(mlp_step_parts.report(mlp_step_parts.measure(hidden, depth, batch, 1 if quick else 9),
+                                float(np.median(results["notebook"]["fm_numpy"]))))
     for n in dict.fromkeys(notes):
         print(f"- note: {n}")
     path = plot_path("bench_mlp_step", quick, out_dir)
