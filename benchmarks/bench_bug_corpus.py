@@ -128,12 +128,13 @@ def child(case, version, kwargs):
                       "findings": report.findings, "notes": report.notes}))
 
 
-def _said(result):
+def _said(result, notes=False):
     if "error" in result:
         return f"ERROR: {result['error']}"
-    if result["passed"]:
-        return "pass"
-    return "FAIL: " + "; ".join(f.replace("|", "\\|") for f in result["findings"])
+    said = "pass" if result["passed"] else "FAIL: " + "; ".join(result["findings"])
+    if notes:  # today's releases: the observations too (what each check measured)
+        said += "".join(f"; note: {n}" for n in result["notes"])
+    return said.replace("|", "\\|")
 
 
 def pairs_table():
@@ -162,7 +163,7 @@ def current_table():
     print("\n".join(rows), flush=True)
     for lib, version, what, case, kwargs in CURRENT:
         rows.append(f"| {PIP_NAME[lib]} | {version} | {what} | "
-                    f"{_said(run_case(lib, version, case, kwargs))} |")
+                    f"{_said(run_case(lib, version, case, kwargs), notes=True)} |")
         print(rows[-1], flush=True)
     return rows
 
