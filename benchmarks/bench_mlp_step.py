@@ -3,6 +3,8 @@
 Implementations, all float32, 2-D data, CondOT, Adam lr 1e-3:
   - fm_numpy: our MLP with its handwritten backward and our Adam (the fast kernels of
     fm_numpy.kernels on; "fm_numpy plain" is the same model with `fast = False`);
+  - "fm_numpy, N kernel threads" (when the BLAS runs on N > 1 threads and
+    FM_NUMPY_THREADS is unset): fm_numpy with its elementwise kernels on N threads too;
   - fm_torch: our torch MLP, torch.optim.Adam;
   - Meta: the model of Meta's 2-D notebook (flow_matching examples: x and t
     concatenated, Linear + Swish x 4, Linear out) trained through Meta's
@@ -23,6 +25,7 @@ ensure_packages: pip --no-deps into runs/bench/site); without it its rows say so
 """
 
 import functools
+import os
 
 import numpy as np
 
@@ -131,10 +134,32 @@ def meta_stepper(hidden, depth):
     return step
 
 
+def with_kernel_threads(step, threads):
+    """`step` with fm_numpy's elementwise kernels on `threads` threads (FM_NUMPY_THREADS,
+    read by fm_numpy.kernels at each call; one thread is their default)."""
+
+    def run(x1):
+        before = os.environ.get("FM_NUMPY_THREADS")
+        os.environ["FM_NUMPY_THREADS"] = str(threads)
+        try:
+            return step(x1)
+        finally:
+            if before is None:
+                del os.environ["FM_NUMPY_THREADS"]
+            else:
+                os.environ["FM_NUMPY_THREADS"] = before
+
+    return run
+
+
 def make_steppers(hidden, depth, notes):
     steppers = {"fm_numpy": numpy_stepper(hidden, depth),
                 "fm_numpy plain": numpy_stepper(hidden, depth, fast=False),
                 "fm_torch": torch_stepper(hidden, depth)}
+    threads = blas_threads()
+    if threads > 1 and "FM_NUMPY_THREADS" not in os.environ:  # torch spreads its SiLU too
+        steppers[f"fm_numpy, {threads} kernel threads"] = with_kernel_threads(
+            numpy_stepper(hidden, depth), threads)
     try:
         steppers["Meta flow_matching"] = meta_stepper(hidden, depth)
     except Exception as e:  # not installed, or a changed API
@@ -186,8 +211,12 @@ def report(results, threads, reps, steps_per_rep):
         lines += ["", f"- fm_numpy / Meta: {_ratio(times, 'fm_numpy', 'Meta flow_matching')}"
                       " (goal <= 0.9)",
                   f"- fm_numpy / fm_torch: {_ratio(times, 'fm_numpy', 'fm_torch')} (goal <= 0.9)",
-                  f"- fm_numpy / fm_numpy plain: {_ratio(times, 'fm_numpy', 'fm_numpy plain')}",
-                  ""]
+                  f"- fm_numpy / fm_numpy plain: {_ratio(times, 'fm_numpy', 'fm_numpy plain')}"]
+        for k in times:
+            if k.startswith("fm_numpy, "):
+                lines += [f"- {k} / Meta: {_ratio(times, k, 'Meta flow_matching')}",
+                          f"- {k} / fm_torch: {_ratio(times, k, 'fm_torch')}"]
+        lines.append("")
     return "\n".join(lines)
 
 
