@@ -220,7 +220,19 @@ def add_sample_parser(subparsers):
                    help="class models: this many samples of each class, in class order "
                         "(instead of -n, classes in turn)")
     p.add_argument("--out", required=True, help="samples .npz (PNGs are written beside it)")
-    p.set_defaults(func=cmd_sample)
+    from fm_numpy.cli_animate import add_animate_argument
+
+    add_animate_argument(p)  # --animate FILE.gif
+    p.set_defaults(func=cmd_sample_and_animate)
+
+
+def cmd_sample_and_animate(args):
+    """sample, then (with --animate, checked first) the GIF of the samples forming."""
+    from fm_numpy.cli_animate import check_animate, cmd_animate
+
+    check_animate(args.animate)
+    rc = cmd_sample(args)
+    return cmd_animate(args) if rc == 0 and args.animate else rc
 
 
 def sample_memory(n, sample_bytes, chunk, num_classes, steps, whole=False):

@@ -142,7 +142,19 @@ def add_sample_parser(subparsers):
     from fm_torch.cli_diffusion import add_sample_options
 
     add_sample_options(p)  # --as-flow, --sampler ddim
-    p.set_defaults(func=cmd_sample)
+    from fm_torch.cli_animate import add_animate_argument
+
+    add_animate_argument(p)  # --animate FILE.gif
+    p.set_defaults(func=cmd_sample_and_animate)
+
+
+def cmd_sample_and_animate(args):
+    """sample, then (with --animate, checked first) the GIF of the samples forming."""
+    from fm_torch.cli_animate import check_animate, cmd_animate
+
+    check_animate(args.animate)
+    rc = cmd_sample(args)
+    return cmd_animate(args) if rc == 0 and args.animate else rc
 
 
 def _strip_indices(steps):
