@@ -77,7 +77,8 @@ def main(argv=None):
                                 "fm-numpy: MLP on 8 Gaussians")
     times["numpy sample"] = _run(fm_numpy_main, [
         "sample", "--model", os.path.join(numpy_dir, "model.npz"), "--method", "rk4",
-        "--steps", "20", "-n", "4000", "--out", os.path.join(numpy_dir, "samples.npz")],
+        "--steps", "20", "-n", "4000", "--out", os.path.join(numpy_dir, "samples.npz"),
+        "--animate", os.path.join(args.out, "numpy_flow.gif")],
         "fm-numpy: sample (rk4, 20 steps)")
 
     # 2. torch U-Net on MNIST
@@ -92,7 +93,8 @@ def main(argv=None):
     times["torch sample"] = _run(fm_torch_main, [
         "sample", "--model", os.path.join(mnist_dir, "ckpt.pt"), "--guidance", GUIDANCE,
         "--method", "midpoint", "--steps", "20", "--per-class", "10", "--out", grid,
-        "--npz", os.path.join(args.out, "mnist_samples.npz")],
+        "--npz", os.path.join(args.out, "mnist_samples.npz"),
+        "--animate", os.path.join(args.out, "mnist_forming.gif")],
         f"fm-torch: 10x10 grid, guidance {GUIDANCE}, midpoint 20 steps")
 
     total = time.perf_counter() - start
@@ -101,6 +103,7 @@ def main(argv=None):
     print("== pictures:")
     pngs = sorted(glob.glob(os.path.join(numpy_dir, "*.png")))
     pngs += [grid, os.path.join(args.out, "mnist_grid_trajectory.png")]
+    pngs += [os.path.join(args.out, "numpy_flow.gif"), os.path.join(args.out, "mnist_forming.gif")]
     pngs += sorted(glob.glob(os.path.join(mnist_dir, "samples_*.png")))
     for path in pngs:
         print(f"   {path}")
