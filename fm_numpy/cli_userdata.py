@@ -113,6 +113,8 @@ def add_evaluate_parser(subparsers):
     p.add_argument("--method", default="rk4", help="euler, midpoint, heun, rk4, RK45, DOP853")
     p.add_argument("--steps", type=int, default=20, help="fixed-grid steps (default 20)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=float, default=1.0,
+                   help="classifier-free guidance w of the drawn samples (class models)")
     p.add_argument("--out", help="write the metrics to this .json")
     p.set_defaults(func=cmd_evaluate)
 
@@ -159,8 +161,14 @@ def cmd_evaluate(args):
         check_memory(args.n * (2 * model.dim * model.dtype.itemsize + 8), f"-n {args.n}")
         y_val = data.labels(data.val_idx)
         labels = None if y_val is None else y_val[np.arange(args.n) % len(y_val)]  # their mix
+        field = model
+        if labels is not None:
+            from fm_numpy.solvers import ClassifierFreeGuidance
+
+            def field(x, t, y):
+                return ClassifierFreeGuidance(model, y, args.guidance)(x, t)
         rng = np.random.default_rng(args.seed)
-        z = sample_in_chunks(model, rng.standard_normal((args.n, model.dim)).astype(
+        z = sample_in_chunks(field, rng.standard_normal((args.n, model.dim)).astype(
             model.dtype), np.linspace(0.0, 1.0, args.steps + 1), args.method, 256, y=labels)
     report = holdout_report(z, data, args.seed)
     print(format_report(report))
