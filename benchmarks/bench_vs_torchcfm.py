@@ -25,8 +25,9 @@ CPU-minutes), and fm_torch.evaluate's judge gives the Frechet distance to the te
 
 torchcfm (and POT, which it imports) are installed for the benchmark only, by
 benchmarks.bench_libraries.ensure_packages (pip --no-deps into runs/bench/site). Results
-are kept per (recipe, budget, judge settings) in runs/bench/vs_torchcfm/results.json, so an
-interrupted run continues where it stopped. Prints a markdown table and writes
+are kept per (recipe, budget, judge settings) in runs/bench/vs_torchcfm/<key>.json, so an
+interrupted run continues where it stopped, and recipes or budgets may run in separate
+processes side by side (--recipes, --budgets). Prints a markdown table and writes
 docs/img/bench_vs_torchcfm.png (FD against CPU-seconds).
 
     python -m benchmarks.bench_vs_torchcfm [--quick] [--budgets 60 180 600] [--n 1000]
@@ -89,10 +90,11 @@ def calibrate(cfg, root):
     run pays the process's one-time costs (imports, MNIST into memory) and is dropped,
     then two runs of a and b steps; their difference leaves the set-up out."""
     a, b = cfg["calib"]
-    folder = os.path.join(root, "calib")
+    folder = os.path.join(root, f"calib-{os.getpid()}")  # parallel processes: one each
     _train_ours(folder, 1)
     cpu_a, _ = _train_ours(folder, a)
     cpu_b, _ = _train_ours(folder, b)
+    shutil.rmtree(folder)
     per_step = max(1e-3, (cpu_b - cpu_a) / (b - a))
     return max(0.0, cpu_a - a * per_step), per_step
 
@@ -180,10 +182,11 @@ def judge(velocity, cfg, judge_kit, guidance=1.0):
 
 
 def _key(recipe, budget, cfg):
-    return f"{recipe}|{budget:g}|n{cfg['n']}|{cfg['method']}{cfg['steps']}"
+    """The file name (without .json) of one result: recipe, budget and judge settings."""
+    return f"{recipe}-{budget:g}-n{cfg['n']}-{cfg['method']}{cfg['steps']}"
 
 
-def run(cfg, root, budgets):
+def run(cfg, root, budgets, recipes=("ours", "torchcfm")):
     import torch
 
     from benchmarks.bench_libraries import ensure_packages
@@ -195,11 +198,6 @@ def run(cfg, root, budgets):
     torch.set_num_threads(1)  # both recipes on one thread, as the demo
     notes = ensure_packages()
     os.makedirs(root, exist_ok=True)
-    results_path = os.path.join(root, "results.json")
-    results = {}
-    if os.path.isfile(results_path):
-        with open(results_path) as f:
-            results = json.load(f)
     reference = (load_mnist("train"), load_mnist("test"))
     classifier, info = load_or_train_classifier(**cfg["judge"], progress=False, data=reference)
     kit = (classifier, info, reference, {})
@@ -207,24 +205,26 @@ def run(cfg, root, budgets):
         import torchcfm  # noqa: F401  (installed by ensure_packages, or not)
     except ImportError as e:
         notes.append(f"torchcfm could not be imported ({e}); its rows are missing")
-    calibration = None
+    calibration, rows = None, []
     for budget in budgets:
-        key = _key("ours", budget, cfg)
-        if key not in results:
-            calibration = calibration or calibrate(cfg, root)
-            rec = run_ours(budget, calibration, root)
-            model, _ = load_model(rec["ckpt"], ema=True, map_location="cpu")
-            rec["judged"] = [judge(model.eval(), cfg, kit, w) for w in (1.0, DEMO_GUIDANCE)]
-            results[key] = rec
-            save_json(results_path, results)
-        key = _key("torchcfm", budget, cfg)
-        if key not in results and "torchcfm" in sys.modules:
-            rec, model = run_torchcfm(budget)
-            rec["judged"] = [judge(CfmVelocity(model), cfg, kit, 1.0)]
-            results[key] = rec
-            save_json(results_path, results)
-    rows = [results[k] for b in budgets for k in (_key("ours", b, cfg), _key("torchcfm", b, cfg))
-            if k in results]
+        for recipe in recipes:
+            path = os.path.join(root, _key(recipe, budget, cfg) + ".json")
+            if os.path.isfile(path):  # measured before: kept, not run again
+                with open(path) as f:
+                    rows.append(json.load(f))
+                continue
+            if recipe == "ours":
+                calibration = calibration or calibrate(cfg, root)
+                rec = run_ours(budget, calibration, root)
+                model, _ = load_model(rec["ckpt"], ema=True, map_location="cpu")
+                rec["judged"] = [judge(model.eval(), cfg, kit, w) for w in (1.0, DEMO_GUIDANCE)]
+            elif "torchcfm" in sys.modules:
+                rec, model = run_torchcfm(budget)
+                rec["judged"] = [judge(CfmVelocity(model), cfg, kit, 1.0)]
+            else:
+                continue
+            save_json(path, rec)
+            rows.append(rec)
     return rows, info, notes
 
 
@@ -284,6 +284,10 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="tiny budgets: a pipeline check")
     parser.add_argument("--budgets", type=float, nargs="+", help="CPU-second budgets")
     parser.add_argument("--n", type=int, help="samples judged per model")
+    parser.add_argument("--recipes", nargs="+", choices=["ours", "torchcfm"],
+                        default=["ours", "torchcfm"],
+                        help="run only these (results of earlier runs are read back, so "
+                             "separate processes may run the recipes and budgets side by side)")
     args = parser.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL)
     if args.n is not None:
@@ -294,7 +298,7 @@ def main(argv=None):
     if any(not b > 0 for b in budgets):
         parser.error(f"budgets must be positive CPU-seconds, got {budgets}")
     root = OUT + ("-quick" if args.quick else "")
-    rows, info, notes = run(cfg, root, budgets)
+    rows, info, notes = run(cfg, root, budgets, args.recipes)
     print(table(rows, info, cfg))
     for n in dict.fromkeys(notes):
         print(f"- note: {n}")
