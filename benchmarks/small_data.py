@@ -19,6 +19,18 @@ guided samples (midpoint, --sample-steps) per class. Wall time covers training a
 sampling. Prints one JSON line and writes it, the grid PNG and the samples to --out.
 
     .venv/bin/python benchmarks/small_data.py --package numpy --out runs/small_data/np
+
+Measured (2 December 2026, OMP_NUM_THREADS=1, nice 10, on the 2-core machine shared with
+about 20 other processes, load 17-24: wall times are 7-13x the CPU times; an idle machine
+runs the ConvUNet step on 2 threads): the judge scores 0.964 on the 359 held-out digits.
+NumPy ConvUNet (width 32, 2 levels, 156 k parameters), EMA 0.999, cosine:
+  600 steps of 64 (the defaults):  w = 1 0.957, w = 2 1.000, w = 3 1.000 (300 samples);
+                                   99 CPU-s for training and the 3 x 300 samples
+  1500 steps of 64:                w = 1 0.966, w = 2 1.000, w = 3 1.000 (500 samples); 194 CPU-s
+`fm-numpy train --data runs/small_data/digits8/train --steps 600 --batch 64 --warmup 50
+--ema-decay 0.999` then `fm-numpy sample --per-class 30 --guidance 2 --method midpoint`
+(then --judge-samples on its s.npz): 92 CPU-s in all; 1.000 of its 300 samples judged
+their class.
 """
 
 import argparse
