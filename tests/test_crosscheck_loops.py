@@ -104,7 +104,7 @@ def _run_both(name, tmp_path, torch_objective=None):
     source_th = th_data.ArraySource(torch.from_numpy(x),
                                     None if y is None else torch.from_numpy(y))
     _, losses_th = th_train(tmp_path / "th", progress=False, device="cpu", draws=replay,
-                            net=net_th, data=source_th, **settings)
+                            net=net_th, data=source_th, bf16=False, **settings)  # float64
     assert replay.position == len(rec.log)  # torch asked for every draw numpy made, no more
     return net_np, net_th, losses_np, losses_th, tmp_path
 
