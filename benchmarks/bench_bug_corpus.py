@@ -9,8 +9,10 @@ only that folder in front of sys.path. The adapters (benchmarks/bug_corpus_cases
 public API as its README does and translate conventions; the verdicts are the kit's own.
 A second table runs the training-step checks on today's releases of the four libraries.
 
-    python -m benchmarks.bench_bug_corpus            # both tables (markdown), ~2 min on 2 cores
-    python -m benchmarks.bench_bug_corpus --pairs    # only the pairs
+    python -m benchmarks.bench_bug_corpus            # both tables (markdown)
+    python -m benchmarks.bench_bug_corpus --pairs    # only the pairs (18 min here: 2 shared
+                                                     # cores at load ~18; 4 s CPU a case)
+    python -m benchmarks.bench_bug_corpus --current  # only today's releases
 """
 
 import argparse
