@@ -60,12 +60,15 @@ def add_train_parser(subparsers):
     add_data_arguments(p)  # --label-column, --val-fraction (the user's data)
     add_recipe_arguments(p)
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA or CPU)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast on or off (default on a CPU: chosen by the run, bf16 "
+                        "only where the CPU has native bf16 and it is faster; CUDA: off)")
     p.add_argument("--sync-every", type=int,
                    help="read losses (one host sync, one DDP all-reduce) every N steps "
                         "(default 1 on CPU, 50 on GPU or under torchrun)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA only)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads for torch (default: the usable cores)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--init-from", help="fine-tune: start from this ckpt.pt's EMA weights")
     p.add_argument("--diff2flow", action="store_true",
@@ -83,10 +86,8 @@ def cmd_train(args):
 
     from fm_torch.train import train
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be positive, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be positive, got {args.threads}")
     if args.device is not None:
         try:
             device = torch.device(args.device)
@@ -104,7 +105,7 @@ def cmd_train(args):
                     sample_every=args.sample_every, label_dropout=args.label_dropout,
                     weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
                     ema_decay=args.ema_decay, n_train=args.n_train, **recipe_settings(args),
-                    bf16=args.bf16 or None, compile=args.compile or None,
+                    bf16=args.bf16, compile=args.compile or None,
                     diffusion=getattr(args, "diffusion", None))
     from fm_torch.train_diffusion import apply_init_from  # --init-from, --diff2flow
 
@@ -115,7 +116,7 @@ def cmd_train(args):
     settings.update(data_settings(args))
     _, losses = train(out, resume=args.resume, progress=not args.no_progress,
                       device=args.device, data_dir=args.data_dir, sync_every=args.sync_every,
-                      **settings)
+                      threads=args.threads, **settings)
     if losses and int(os.environ.get("RANK", "0")) == 0:
         print(f"trained to step {losses[-1][0]}, last loss {losses[-1][1]:.4f}; wrote "
               f"{os.path.join(out, 'ckpt.pt')}")

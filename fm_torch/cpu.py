@@ -21,7 +21,7 @@ import os
 import time
 
 __all__ = ["WAIT_POLICY", "openmp_wait_policy", "usable_cores", "cpu_flags",
-           "native_bf16", "probe_seconds", "choose_cpu_settings"]
+           "native_bf16", "probe_seconds", "choose_cpu_settings", "step_probe", "configure_cpu"]
 
 # what fm_torch sets unless the user chose: see the module docstring and docs/benchmarks.md
 WAIT_POLICY = {"OMP_WAIT_POLICY": "PASSIVE"}
@@ -73,18 +73,18 @@ def probe_seconds(step, reps=3):
     return sorted(times)[len(times) // 2]
 
 
-def choose_cpu_settings(threads=None, bf16=None, probe=None, flags=None):
+def choose_cpu_settings(threads=None, bf16=None, probe=None, flags=None, cores=None):
     """{"threads": n, "bf16": bool, "why": str} for a CPU run.
 
-    threads: the given count, else the usable cores. bf16: the given choice; else fp32 on
-    a CPU without native bf16; else `probe(bf16) -> seconds` of one training step decides
-    (bf16 when at least BF16_MIN_SPEEDUP times faster). Without a probe a native-bf16 CPU
-    gets bf16.
+    threads: the given count, else `cores` (default: the usable cores). bf16: the given
+    choice; else fp32 on a CPU without native bf16; else `probe(bf16) -> seconds` of one
+    training step decides (bf16 when at least BF16_MIN_SPEEDUP times faster). Without a
+    probe a native-bf16 CPU gets bf16.
     """
     if threads is not None and (isinstance(threads, bool) or int(threads) != threads
                                 or threads < 1):
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
-    n = int(threads) if threads is not None else usable_cores()
+    n = int(threads) if threads is not None else (cores or usable_cores())
     why = [f"{n} thread{'s' if n > 1 else ''} ({'given' if threads else 'usable cores'})"]
     if bf16 is not None:
         why.append(f"{'bf16' if bf16 else 'fp32'} (given)")
@@ -100,3 +100,40 @@ def choose_cpu_settings(threads=None, bf16=None, probe=None, flags=None):
     why.append(f"{'bf16' if use else 'fp32'} (probe: a step takes {1000 * fp32_s:.0f} ms in "
                f"fp32, {1000 * bf16_s:.0f} ms in bf16)")
     return {"threads": n, "bf16": use, "why": ", ".join(why)}
+
+
+def step_probe(model, shape, num_classes, batch):
+    """probe(bf16) -> seconds of one forward and backward pass of `model` on a batch of
+    `batch` random samples of `shape` (its own generator: the run's draws are untouched;
+    the gradients are cleared again)."""
+    import torch
+
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn((batch, *shape), generator=g).to(device)  # (B, ...)
+    t = torch.rand(batch, generator=g).to(device)  # (B,)
+    y = None if not num_classes else torch.randint(0, num_classes, (batch,), generator=g)
+    y = None if y is None else y.to(device)
+
+    def seconds(bf16):
+        def step():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                v = model(x, t, y)  # (B, ...)
+            v.float().square().mean().backward()
+            model.zero_grad(set_to_none=True)
+        return probe_seconds(step, reps=2)
+
+    return seconds
+
+
+def configure_cpu(model, shape, num_classes, batch, threads=None, bf16=None, world_size=1):
+    """Choose and apply (torch.set_num_threads) the threads and precision of a CPU run.
+
+    Default threads: the usable cores shared among the processes of this machine."""
+    import torch
+
+    cores = max(1, usable_cores() // max(1, int(world_size)))
+    probe = step_probe(model, shape, num_classes, batch)
+    choice = choose_cpu_settings(threads, bf16, probe, cores=cores)
+    torch.set_num_threads(choice["threads"])
+    return choice

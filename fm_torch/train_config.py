@@ -16,7 +16,7 @@ DEFAULTS = {
     "time_features": 32, "scheduler": "condot", "seed": 0, "ckpt_every": 1000,
     "label_dropout": 0.1, "weight_decay": 0.0, "max_grad_norm": 1.0, "ema_decay": 0.999,
     "base": 32, "mults": [1, 2, 2], "res_blocks": 1, "sample_every": 1000, "n_train": None,
-    "toy_pool": 100_000, "bf16": False, "compile": False,
+    "toy_pool": 100_000, "bf16": None, "compile": False,  # bf16 None: chosen per run
     "coupling": "independent", "coupling_block": None, "objective": "fm",
     "meanflow_ratio": 0.25, "meanflow_norm_p": 1.0, "pairs": None, "distill": False,
     "diffusion": None, "init_from": None,  # fm_torch/train_diffusion.py: DDPM, Diff2Flow
@@ -73,6 +73,8 @@ def resolve_config(**overrides):
         raise ValueError(f"ema_decay must lie in [0, 1), got {config['ema_decay']}")
     if config["max_grad_norm"] is not None and not config["max_grad_norm"] > 0:
         raise ValueError(f"max_grad_norm must be positive, got {config['max_grad_norm']}")
+    if config["bf16"] not in (None, True, False):
+        raise ValueError(f"bf16 must be true, false or unset (chosen), got {config['bf16']!r}")
     make_scheduler(config["scheduler"])  # raises ValueError for an unknown name
     if config["diffusion"] is not None:
         from fm_torch.train_diffusion import check_diffusion_config

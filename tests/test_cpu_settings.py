@@ -68,3 +68,35 @@ def test_probe_takes_the_median_after_a_warm_up():
     counter = []
     assert cpu.probe_seconds(lambda: counter.append(1), reps=3) >= 0
     assert len(counter) == 4
+
+
+def _config(out):
+    import json
+
+    with open(out / "config.json") as f:
+        return json.load(f)
+
+
+def test_train_records_and_prints_its_cpu_choice(tmp_path, monkeypatch, capsys):
+    from fm_torch.train import train
+
+    monkeypatch.setattr(cpu, "cpu_flags", lambda cpuinfo=None: {"avx2"})  # no native bf16
+    train(tmp_path / "a", progress=True, data="moons", steps=3, batch=16, hidden=8, depth=1,
+          threads=1)
+    config = _config(tmp_path / "a")
+    assert config["bf16"] is False and config["cpu"]["threads"] == 1
+    assert "no native bf16" in config["cpu"]["why"]
+    assert capsys.readouterr().out.count("fm-torch train: 1 thread (given), fp32") == 1
+    # a native-bf16 CPU: the probe of the real step decides, and says what it measured
+    monkeypatch.setattr(cpu, "cpu_flags", lambda cpuinfo=None: {"amx_bf16"})
+    train(tmp_path / "b", progress=False, data="moons", steps=3, batch=16, hidden=8, depth=1,
+          threads=1)
+    assert "probe: a step takes" in _config(tmp_path / "b")["cpu"]["why"]
+    # given, and a resume that changes the precision (allowed: docs/torch.md)
+    train(tmp_path / "c", progress=False, data="moons", steps=2, batch=16, hidden=8, depth=1,
+          threads=1, bf16=True)
+    assert _config(tmp_path / "c")["bf16"] is True
+    train(tmp_path / "c", resume=True, progress=False, steps=4, threads=1)
+    assert _config(tmp_path / "c")["bf16"] is True  # the run's own precision when not given
+    train(tmp_path / "c", resume=True, progress=False, steps=6, threads=1, bf16=False)
+    assert _config(tmp_path / "c")["bf16"] is False
