@@ -5,7 +5,7 @@ and the release that fixed it (found in their histories: the commit, issue or PR
 table). Both releases are installed at benchmark time, each in its own folder
 (`pip install --no-deps --target runs/peers/<package>-<version>`; small pure-Python deps
 into runs/peers/_deps), never into the environment; each check runs in a child process with
-only that folder in front of sys.path. The adapters (benchmarks/bug_corpus_cases.py) call the
+only that folder in front of sys.path. The adapters (benchmarks/bug_corpus_*.py) call the
 public API as its README does and translate conventions; the verdicts are the kit's own.
 A second table runs the training-step checks on today's releases of the four libraries.
 
@@ -123,9 +123,10 @@ def run_case(lib, version, case, kwargs):
 
 
 def child(case, version, kwargs):
-    from benchmarks import bug_corpus_cases as cases
+    from benchmarks import bug_corpus_cases, bug_corpus_rfp
 
-    report = getattr(cases, case)(version, **json.loads(kwargs))
+    fn = getattr(bug_corpus_rfp, case, None) or getattr(bug_corpus_cases, case)
+    report = fn(version, **json.loads(kwargs))
     print(json.dumps({"passed": report.passed, "codes": report.codes,
                       "findings": report.findings, "notes": report.notes}))
 
