@@ -4,17 +4,17 @@ The pieces of fm_numpy's step (fm_numpy.models.mlp.MLP forward and backward, fm_
 fm_numpy.ema.EMA) are timed on their own, with the calls the step makes on the buffers it
 uses, beside torch's kernels for the same shapes (what a torch MLP step runs: addmm for a
 Linear layer, silu and its backward, mm for the weight and input gradients, Adam with its
-default foreach update). All pieces are timed in one interleaved() loop, so machine load
-falls on all alike. Used by bench_mlp_step (`python -m benchmarks.bench_mlp_step`).
+default foreach update). All pieces are timed in one interleaved loop (the order reversed
+every other repetition), in CPU-seconds on one thread, wall-clock seconds on more. Used
+by bench_mlp_step (`python -m benchmarks.bench_mlp_step`).
 
     python -m benchmarks.mlp_step_parts [--size notebook|bench] [--reps N]
 """
 
 import argparse
+import time
 
 import numpy as np
-
-from benchmarks.common import interleaved
 
 DIM = 2
 
@@ -108,14 +108,29 @@ def torch_parts(hidden, depth, batch):
             "Adam": opt.step}
 
 
-def measure(hidden, depth, batch, reps):
-    """{part: (fm_numpy median s, torch median s or None)} from one interleaved loop."""
+def measure(hidden, depth, batch, reps, clock=None):
+    """{part: (fm_numpy median s, torch median s or None)} from one interleaved loop.
+
+    clock: default time.process_time on one thread (CPU-seconds: a loaded machine's
+    preemptions, which fall on long calls more than on short ones, are left out), else
+    wall-clock (CPU time would count the BLAS threads' spinning)."""
     import torch
 
+    from benchmarks.common import blas_threads
+
+    if clock is None:
+        clock = time.process_time if blas_threads() == 1 else time.perf_counter
     with torch.no_grad():
         fns = {("fm_numpy", k): f for k, f in numpy_parts(hidden, depth, batch).items()}
         fns.update({("torch", k): f for k, f in torch_parts(hidden, depth, batch).items()})
-        times = interleaved(fns, reps, warmup=1)
+        for f in fns.values():  # warm-up: buffers, allocator, thread pools
+            f()
+        times = {name: [] for name in fns}
+        for r in range(reps):  # interleaved, the order reversed every other repetition
+            for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+                start = clock()
+                fns[name]()
+                times[name].append(clock() - start)
     parts = [k for who, k in fns if who == "fm_numpy"]
     return {k: (float(np.median(times["fm_numpy", k])),
                 float(np.median(times["torch", k])) if ("torch", k) in times else None)
