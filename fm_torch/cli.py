@@ -68,7 +68,8 @@ def add_train_parser(subparsers):
                         "(default 1 on CPU, 50 on GPU or under torchrun)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA only)")
     p.add_argument("--threads", type=int,
-                   help="CPU threads for torch (default: the usable cores)")
+                   help="CPU threads for torch (default: OMP_NUM_THREADS, else the "
+                        "usable cores)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--init-from", help="fine-tune: start from this ckpt.pt's EMA weights")
     p.add_argument("--diff2flow", action="store_true",

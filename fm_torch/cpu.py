@@ -21,7 +21,8 @@ import os
 import time
 
 __all__ = ["WAIT_POLICY", "openmp_wait_policy", "usable_cores", "cpu_flags",
-           "native_bf16", "probe_seconds", "choose_cpu_settings", "step_probe", "configure_cpu"]
+           "native_bf16", "probe_seconds", "choose_cpu_settings", "step_probe",
+           "default_threads", "configure_cpu"]
 
 # what fm_torch sets unless the user chose: see the module docstring and docs/benchmarks.md
 WAIT_POLICY = {"OMP_WAIT_POLICY": "PASSIVE"}
@@ -126,13 +127,23 @@ def step_probe(model, shape, num_classes, batch):
     return seconds
 
 
+def default_threads(world_size=1, environ=os.environ):
+    """OMP_NUM_THREADS where the user set it, else the usable cores shared among the
+    world_size processes of this machine (at least 1)."""
+    try:
+        given = int(environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        given = 0
+    return given if given >= 1 else max(1, usable_cores() // max(1, int(world_size)))
+
+
 def configure_cpu(model, shape, num_classes, batch, threads=None, bf16=None, world_size=1):
     """Choose and apply (torch.set_num_threads) the threads and precision of a CPU run.
 
-    Default threads: the usable cores shared among the processes of this machine."""
+    Default threads: default_threads(world_size)."""
     import torch
 
-    cores = max(1, usable_cores() // max(1, int(world_size)))
+    cores = default_threads(world_size)
     probe = step_probe(model, shape, num_classes, batch)
     choice = choose_cpu_settings(threads, bf16, probe, cores=cores)
     torch.set_num_threads(choice["threads"])

@@ -213,9 +213,10 @@ def train(out, resume=False, progress=True, device=None, data_dir=None, sync_eve
     and TrainingInterrupted after a SIGINT/SIGTERM stop (with a checkpoint).
     bf16 autocast applies on CUDA and CPU, torch.compile on CUDA only unless
     FM_TORCH_COMPILE_CPU names a backend for CPU ("inductor", "aot_eager": tests).
-    On a CPU the run chooses its threads (`threads`, default the usable cores shared among
-    this machine's processes) and, unless bf16 is given, its precision (fm_torch/cpu.py:
-    bf16 only on a CPU with native bf16 where a probe of the step finds it >= 10 % faster);
+    On a CPU the run chooses its threads (`threads`, default OMP_NUM_THREADS if set, else
+    the usable cores shared among this machine's processes) and, unless bf16 is given,
+    its precision (fm_torch/cpu.py: bf16 only on a CPU with native bf16 where a probe of
+    the step finds it >= 10 % faster);
     the choice is printed once and recorded in config.json ("bf16", "cpu"). A resume keeps
     the run's precision unless bf16 is given: it may change (the weights stay float32).
 

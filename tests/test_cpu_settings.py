@@ -64,6 +64,13 @@ def test_threads_default_to_the_usable_cores_and_refuse_nonsense():
             cpu.choose_cpu_settings(threads=bad, flags=set())
 
 
+def test_default_threads_follow_omp_num_threads_else_the_cores():
+    assert cpu.default_threads(1, {"OMP_NUM_THREADS": "3"}) == 3
+    cores = cpu.usable_cores()
+    assert cpu.default_threads(1, {}) == cores
+    assert cpu.default_threads(2, {"OMP_NUM_THREADS": "junk"}) == max(1, cores // 2)
+
+
 def test_probe_takes_the_median_after_a_warm_up():
     counter = []
     assert cpu.probe_seconds(lambda: counter.append(1), reps=3) >= 0
