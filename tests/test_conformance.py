@@ -118,13 +118,22 @@ def test_torch_oracle_velocity_passes():
 
 
 # ------------------------------------------------------------------ reference files
-def test_reference_files_regenerate_bit_for_bit():
+def test_reference_files_regenerate_to_the_last_bits():
+    # Not bit for bit: NumPy's exp/expm1 take other SIMD paths on other CPUs (AVX2 vs
+    # AVX-512) and differ there by an ulp (VP's coefficients: 2.2e-16 on an AMD EPYC).
+    # A few ulps of float64 (relative to each array's largest entry: x_t = a x1 + s x0
+    # cancels) still catch any stale file.
     for kind, arrays in build_all().items():
         stored = load_reference(kind)
         assert sorted(stored) == sorted(arrays), kind
         for name, value in arrays.items():
             assert stored[name].dtype == np.asarray(value).dtype, (kind, name)
-            assert np.array_equal(stored[name], value), (kind, name)
+            if np.issubdtype(stored[name].dtype, np.floating):
+                scale = float(np.max(np.abs(stored[name]), initial=0.0))
+                np.testing.assert_allclose(stored[name], value, rtol=4 * 2.0 ** -52,
+                                           atol=8 * 2.0 ** -52 * scale, err_msg=f"{kind} {name}")
+            else:
+                assert np.array_equal(stored[name], value), (kind, name)
             if np.issubdtype(stored[name].dtype, np.floating):
                 assert stored[name].dtype == np.float64
 
