@@ -393,9 +393,35 @@ def is_bad_input(e):
     return e.errno is None or e.errno in _INPUT_ERRNOS
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside a training loop (which saves, then stops: fm_numpy/interrupt.py)."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
 def run_command(args, prog, diverged_error):
     """Run args.func; bad input -> exit 2, divergence or an I/O fault (full disk, quota,
-    device error) -> 1, Ctrl-C -> 130, one line each."""
+    device error) -> 1, Ctrl-C -> 130, SIGTERM -> 143, one line each. SIGTERM unwinds like
+    Ctrl-C, so a half-written output's temporary file is removed, never left behind."""
+    import signal
+    import threading
+
+    old = None
+    if threading.current_thread() is threading.main_thread():
+        old = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _run(args, prog, diverged_error)
+    except Terminated:
+        sys.stderr.write(f"{prog}: terminated; unfinished outputs removed\n")
+        return 143
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
+def _run(args, prog, diverged_error):
     try:
         return args.func(args)
     except OSError as e:
@@ -410,6 +436,8 @@ def run_command(args, prog, diverged_error):
     except diverged_error as e:
         sys.stderr.write(f"{prog}: error: {e}\n")
         return 1
+    except Terminated:
+        raise
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted; the last checkpoint is kept\n")
         return 130
