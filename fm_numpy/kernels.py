@@ -33,6 +33,7 @@ BLOCK = 1 << 15  # numbers per block: 128 KB in float32, several arrays fit in L
 # arrays smaller than this run on the calling thread: at (512, 256) a hand-off saves
 # less than it risks on a loaded machine (a helper descheduled inside its block)
 _THREAD_MIN = 1 << 19
+_ONE_BLOCK_MAX = 1 << 17  # on one thread, arrays up to this size are one block (_run_rows)
 _pool = None
 _pool_threads = 0
 _pool_lock = threading.Lock()
@@ -61,17 +62,25 @@ def _executor(threads):
         return _pool
 
 
-def _run_rows(work, rows, row_size):
+def _run_rows(work, rows, row_size, errstate=None):
     """Call work(r0, r1) for every row block of [0, rows), on up to num_threads() threads.
 
     Blocks are claimed one at a time from a shared counter by the calling thread and the
     helpers alike, and the call returns as soon as every block is done: a helper that the
     OS has not scheduled yet (a loaded machine) finds nothing left to do, so the kernel is
-    never slower than one thread by more than the hand-off.
+    never slower than one thread by more than the hand-off. On one thread an array of at
+    most _ONE_BLOCK_MAX numbers is one block: it stays in cache between the ufuncs anyway,
+    and each block costs its calls (0.71 against 0.57 ms for a (512, 256) SiLU forward).
+    `errstate`: np.errstate settings for the helper threads (the caller sets its own; the
+    setting is per thread, and setting it once per call, not per block, saves its cost).
     """
+    threads = num_threads()
+    if threads <= 1 and rows * row_size <= _ONE_BLOCK_MAX:
+        work(0, rows)
+        return
     step = max(1, BLOCK // max(1, row_size))
     starts = range(0, rows, step)
-    threads = min(num_threads(), len(starts))
+    threads = min(threads, len(starts))
     if threads <= 1 or rows * row_size < _THREAD_MIN or threading.current_thread().name.startswith(
             "fm_numpy"):
         for r0 in starts:
@@ -83,9 +92,10 @@ def _run_rows(work, rows, row_size):
     def drain():
         n = 0
         try:
-            while (k := next(claim)) < len(starts):
-                work(starts[k], min(rows, starts[k] + step))
-                n += 1
+            with np.errstate(**(errstate or {})):
+                while (k := next(claim)) < len(starts):
+                    work(starts[k], min(rows, starts[k] + step))
+                    n += 1
         except BaseException as e:  # handed to the caller, which would wait forever otherwise
             state["error"] = e
             finished.set()
@@ -111,13 +121,13 @@ def silu_forward(a, b, s, h):
         ab, sb = a[r0:r1], s[r0:r1]
         ab += b  # (rows, H)
         np.negative(ab, out=sb)
-        with np.errstate(over="ignore"):  # per thread: exp(-a) = inf gives s = 0 exactly
-            np.exp(sb, out=sb)
+        np.exp(sb, out=sb)  # overflow ignored (below): exp(-a) = inf gives s = 0 exactly
         sb += 1
         np.reciprocal(sb, out=sb)  # sigmoid(a) = 1 / (1 + exp(-a))
         np.multiply(ab, sb, out=h[r0:r1])  # h = a sigmoid(a)
 
-    _run_rows(work, a.shape[0], a.shape[1])
+    with np.errstate(over="ignore"):  # per thread: here, and in the helpers by _run_rows
+        _run_rows(work, a.shape[0], a.shape[1], errstate={"over": "ignore"})
 
 
 def silu_backward(dh, s, h, da):
