@@ -46,15 +46,22 @@ def resolve_config(**overrides):
                           or overrides.get("val_fraction")):
         raise ValueError(f"label_column and val_fraction are for the user's own data "
                          f"files, not data {data!r}")
-    images = user_file and read_cached(data, overrides.get("label_column")).kind == "images"
+    record = read_cached(data, overrides.get("label_column")) if user_file else None
+    images = record is not None and record.kind == "images"
     config = dict(DEFAULTS)
-    if data == "mnist" or images:  # images take MNIST's measured U-Net recipe
+    if data == "mnist":
         config.update(MNIST_DEFAULTS)
+    if images:  # the image recipe measured on small data (fm_numpy/models/sizing.py)
+        from fm_numpy.models.sizing import image_defaults
+
+        config.update({k: v for k, v in image_defaults(record.shape).items() if k != "arch"})
     if user_file:
         config["val_fraction"] = DEFAULT_VAL_FRACTION
     config.update({k: v for k, v in overrides.items() if v is not None})
-    if (data == "mnist" or images) and overrides.get("warmup") is None:
+    if data == "mnist" and overrides.get("warmup") is None:
         config["warmup"] = int(config["steps"] * MNIST_WARMUP_FRACTION)
+    if images and overrides.get("warmup") is None:  # a tenth of a shorter run at most
+        config["warmup"] = max(0, min(config["warmup"], int(config["steps"]) // 10))
     unknown = set(config) - set(DEFAULTS)
     if unknown:
         raise ValueError(f"unknown training settings: {', '.join(sorted(unknown))}")
