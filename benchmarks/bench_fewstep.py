@@ -1,7 +1,7 @@
 """Few-step generation in 2-D: quality against NFE for independent, ot, reflow-2, MeanFlow.
 
 For 8gaussians and checkerboard, four fm_numpy MLPs (256 x 3, batch 512, Adam 2e-3) are
-trained for 1500 steps (quick: 400) by the training loop itself (fm_numpy.train.train,
+trained for 1500 steps (quick: 60) by the training loop itself (fm_numpy.train.train,
 one run folder each under runs/bench/fewstep/):
   - independent: flow matching on independent pairs (the teacher of reflow);
   - ot: minibatch exact OT pairs (`coupling="ot"`, blocks of 128);
@@ -73,7 +73,8 @@ def quality(quick):
     from fm_numpy.metrics import energy_distance, noise_floor
     from fm_numpy.straightness import straightness
 
-    steps, pairs, n = (400, 4000, 1000) if quick else (1500, 10000, 2000)
+    # quick: the plumbing only (the test suite runs it), not figures worth reading
+    steps, pairs, n = (60, 1000, 500) if quick else (1500, 10000, 2000)
     results, floors, times = {}, {}, {}
     for name in DATASETS:
         models, times[name] = _train_all(name, steps, pairs, quick)

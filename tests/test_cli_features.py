@@ -33,7 +33,7 @@ RECIPE_FLAGS = {  # flag -> (config key, value)
     "--arch": ("arch", "resmlp"), "--lr-schedule": ("lr_schedule", "cosine"),
     "--warmup": ("warmup", 2), "--time-sampling": ("time_sampling", "logit-normal"),
     "--time-mean": ("time_mean", 0.3), "--time-std": ("time_std", 0.7),
-    "--time-scale": ("time_scale", 7.0), "--weight-decay": ("weight_decay", 0.01),
+    "--weight-decay": ("weight_decay", 0.01),
     "--max-grad-norm": ("max_grad_norm", 0.5), "--dtype": ("dtype", "float64"),
     "--ema-decay": ("ema_decay", 0.5), "--label-dropout": ("label_dropout", 0.2),
     "--scheduler": ("scheduler", "cosine"), "--lr": ("lr", 0.003),
@@ -68,10 +68,14 @@ def test_numpy_train_flags_reach_the_run(tmp_path, capsys):
     train(tmp_path / "plain", progress=False, **dict(common, arch="resmlp", dtype="float64"))
     plain = load_model(tmp_path / "plain" / "model.npz")
     assert any(not np.array_equal(plain.params[k], p) for k, p in model_api.params.items())
-    # --time-scale reaches the MLP's time features (the ResMLP has a fixed 1000)
+    # --time-scale reaches the MLP's time features; the ResMLP (a fixed 1000) refuses it
     assert main(["train", "--no-progress", "--out", str(tmp_path / "mlp"), "--steps", "1",
                  "--hidden", "8", "--depth", "1", "--time-scale", "7"]) == 0
     assert load_model(tmp_path / "mlp" / "model.npz").config["time_scale"] == 7.0
+    assert main(["train", "--no-progress", "--out", str(tmp_path / "res"), "--steps", "1",
+                 "--arch", "resmlp", "--time-scale", "7"]) == 2
+    assert "time_scale applies to the mlp only" in capsys.readouterr().err
+    assert not (tmp_path / "res" / "checkpoint.npz").exists()
 
 
 # ---------------------------------------------------------------- reflow, both CLIs
