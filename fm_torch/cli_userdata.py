@@ -22,6 +22,7 @@ def load_user_model(path, info, ema=True, map_location="cpu"):
     """(model, checkpoint) of a ckpt.pt trained on the user's data (data.json: info)."""
     from fm_torch.io import load_checkpoint
     from fm_torch.models import network_for
+    from fm_torch.train_config import load_weights
 
     checkpoint = load_checkpoint(path, map_location=map_location)
     for key in ("config", "model", "ema"):
@@ -29,13 +30,7 @@ def load_user_model(path, info, ema=True, map_location="cpu"):
             raise ValueError(f"{path} is not an fm-torch training checkpoint (no {key!r})")
     classes = info.get("class_names")
     model = network_for(tuple(info["file"]["shape"]), len(classes) if classes else None)
-    state = checkpoint["ema"]["model"] if ema else checkpoint["model"]
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        reason = str(e).splitlines()[0]
-        raise ValueError(f"{path}: weights do not fit the model ({reason})") from None
-    return model.eval(), checkpoint
+    return load_weights(model, checkpoint, ema, path).eval(), checkpoint
 
 
 def _draw_samples(model, shape, labels, n, args, device, sink):

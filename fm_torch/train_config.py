@@ -7,7 +7,8 @@ from fm_torch.data import DATASETS
 from fm_torch.io import load_checkpoint
 from fm_torch.paths import make_scheduler
 
-__all__ = ["DEFAULTS", "MNIST_DEFAULTS", "CUSTOM", "resolve_config", "build_model", "load_model"]
+__all__ = ["DEFAULTS", "MNIST_DEFAULTS", "CUSTOM", "resolve_config", "build_model",
+           "load_weights", "load_model"]
 
 CUSTOM = "custom"  # data given as an object (fm_torch.train.train(data=...)), not by name
 
@@ -114,6 +115,17 @@ def build_model(config):
                time_scale=config["time_scale"])
 
 
+def load_weights(model, checkpoint, ema, path):
+    """model with the checkpoint's EMA (or raw) weights; one line if they do not fit."""
+    state = checkpoint["ema"]["model"] if ema else checkpoint["model"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        reason = str(e).splitlines()[0]
+        raise ValueError(f"{path}: weights do not fit the model ({reason})") from None
+    return model
+
+
 def load_model(path, ema=True, map_location="cpu"):
     """(model, checkpoint) from a ckpt.pt; the EMA weights unless ema=False. Model in eval mode."""
     checkpoint = load_checkpoint(path, map_location=map_location)
@@ -121,13 +133,7 @@ def load_model(path, ema=True, map_location="cpu"):
         if key not in checkpoint:
             raise ValueError(f"{path} is not an fm-torch training checkpoint (no {key!r})")
     config = resolve_config(**checkpoint["config"])
-    model = build_model(config)
-    state = checkpoint["ema"]["model"] if ema else checkpoint["model"]
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        reason = str(e).splitlines()[0]
-        raise ValueError(f"{path}: weights do not fit the model ({reason})") from None
+    model = load_weights(build_model(config), checkpoint, ema, path)
     from fm_torch.train_diffusion import velocity_view  # a diffusion net as its flow
 
     return velocity_view(config, model).eval(), checkpoint
