@@ -196,8 +196,11 @@ def test_classifier_free_guidance(dtype, batch, dim, num_classes, guidance, t, s
         np.testing.assert_array_equal(v_np, v_uncond)
         np.testing.assert_array_equal(v_th.numpy(), v_uncond_th.numpy())
     # across packages: the conditional and unconditional fields differ only by MLP
-    # round-off, which guidance amplifies by at most |w| + |1 - w|.
-    assert_close(v_np, v_th, scale, RTOL[dtype], "CFG across packages")
+    # round-off, which guidance amplifies by at most |w| + |1 - w|. That round-off follows
+    # the size of the output layer's terms, not of one output that they cancel to (an entry
+    # of 6e-4 differed by 2e-8 in float32), so the batch's mean magnitude joins the scale.
+    net_scale = (1 + abs(guidance)) * (np.abs(v_uncond).mean() + np.abs(v_cond).mean())
+    assert_close(v_np, v_th, scale + net_scale, RTOL[dtype], "CFG across packages")
 
 
 @given(
