@@ -19,8 +19,8 @@ import importlib.metadata
 import os
 import sys
 
-from benchmarks.bench_libraries import SITE, ensure_packages
 from benchmarks.common import run_from_command_line
+from benchmarks.peers import SITE, ensure_packages
 
 MARKDOWN = True
 

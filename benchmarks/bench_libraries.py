@@ -26,40 +26,15 @@ imported, its rows say so and the benchmark goes on.
     python -m benchmarks.bench_libraries [--quick]
 """
 
-import os
-import subprocess
-import sys
 import time
 
 import numpy as np
 
-from benchmarks.common import ROOT, announce_plot, plot_path, run_from_command_line, save_figure
+from benchmarks.common import announce_plot, plot_path, run_from_command_line, save_figure
+from benchmarks.peers import ensure_packages
 
 MARKDOWN = True
-SITE = os.path.join(ROOT, "runs", "bench", "site")
-PACKAGES = {"flow_matching": "flow_matching==1.0.10", "torchcfm": "torchcfm==1.0.7",
-            "ot": "pot==0.9.7.post1"}
 DATA, BATCH, HIDDEN, DEPTH, LR = "8gaussians", 512, 256, 3, 2e-3
-
-
-def ensure_packages():
-    """Install the compared packages into SITE (once) and put it on sys.path; returns notes."""
-    notes = []
-    missing = [spec for mod, spec in PACKAGES.items()
-               if not os.path.isdir(os.path.join(SITE, mod))]
-    if missing:
-        cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", SITE,
-               *missing]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-            if proc.returncode:
-                notes.append(f"pip install {' '.join(missing)} failed: "
-                             f"{proc.stderr.strip().splitlines()[-1:]}")
-        except (OSError, subprocess.TimeoutExpired) as e:
-            notes.append(f"pip install {' '.join(missing)} failed: {e}")
-    if os.path.isdir(SITE) and SITE not in sys.path:
-        sys.path.append(SITE)  # after the venv: never shadows an installed package
-    return notes
 
 
 # ------------------------------------------------------------- one trainer per library

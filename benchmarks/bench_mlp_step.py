@@ -37,10 +37,10 @@ from benchmarks.common import (
     run_from_command_line,
     save_figure,
 )
+from benchmarks.mlp_step_parts import SIZES  # hidden, depth, batch
 
 MARKDOWN = True
 DIM, LR = 2, 1e-3
-SIZES = {"bench": (256, 3, 512), "notebook": (512, 4, 4096)}  # hidden, depth, batch
 
 
 def numpy_stepper(hidden, depth, fast=True):
@@ -244,7 +244,7 @@ def main(quick=False, out_dir=None):
     """
     import torch
 
-    from benchmarks.bench_libraries import ensure_packages
+    from benchmarks.peers import ensure_packages
 
     notes = ensure_packages()
     threads = blas_threads()  # what the BLAS runs on: torch gets as many

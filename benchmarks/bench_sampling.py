@@ -107,7 +107,7 @@ def _table(times, ref):
 def main(quick=False, out_dir=None):
     import torch
 
-    from benchmarks.bench_libraries import ensure_packages
+    from benchmarks.peers import ensure_packages
 
     notes = ensure_packages()
     threads = blas_threads()  # what the BLAS runs on: torch gets as many

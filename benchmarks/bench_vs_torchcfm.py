@@ -24,7 +24,7 @@ CPU-minutes), and fm_torch.evaluate's judge gives the Frechet distance to the te
     dopri5, here both use the same fixed-step solver.
 
 torchcfm (and POT, which it imports) are installed for the benchmark only, by
-benchmarks.bench_libraries.ensure_packages (pip --no-deps into runs/bench/site). Results
+benchmarks.peers.ensure_packages (pip --no-deps into runs/bench/site). Results
 are kept per (recipe, budget, judge settings) in runs/bench/vs_torchcfm/<key>.json, so an
 interrupted run continues where it stopped, and recipes or budgets may run in separate
 processes side by side (--recipes, --budgets). Prints a markdown table and writes
@@ -189,7 +189,7 @@ def _key(recipe, budget, cfg):
 def run(cfg, root, budgets, recipes=("ours", "torchcfm")):
     import torch
 
-    from benchmarks.bench_libraries import ensure_packages
+    from benchmarks.peers import ensure_packages
     from fm_numpy.data import load_mnist
     from fm_numpy.io import save_json
     from fm_torch.evaluate import load_or_train_classifier

@@ -16,6 +16,8 @@ import time
 
 import numpy as np
 
+SIZES = {"bench": (256, 3, 512), "notebook": (512, 4, 4096)}  # hidden, depth, batch
+
 DIM = 2
 
 
@@ -155,7 +157,6 @@ def report(parts, step_s=None):
 
 
 def main(argv=None):
-    from benchmarks.bench_mlp_step import SIZES
     from benchmarks.common import blas_threads
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -340,7 +340,7 @@ def main(argv=None):
     parser.add_argument("--meta-from", help="reuse Meta's results from an earlier --json file")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    from benchmarks.bench_libraries import ensure_packages
+    from benchmarks.peers import ensure_packages
 
     notes = ensure_packages()
     if notes:
