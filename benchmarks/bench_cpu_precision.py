@@ -1,0 +1,84 @@
+"""The issue-24 table on this CPU: U-Net training images/s on 1 and 2 threads, fp32 and
+bf16 autocast, for the demo's width (base 16) and the full run's (base 32).
+
+Each step: forward under torch.autocast(cpu, bfloat16) or not, the flow-matching loss in
+float32, backward, AdamW (batch 128 by default). The variants are interleaved
+(benchmarks.common.interleaved: a load that comes and goes hits them alike); the thread
+count is set before each call. Prints a markdown table of medians and what
+fm_torch.cpu.choose_cpu_settings would pick here.
+
+    python -m benchmarks.bench_cpu_precision [--reps 7] [--batch 128] [--quick]
+"""
+
+import argparse
+import statistics
+import sys
+
+
+def _step_fn(base, batch, bf16, threads):
+    import torch
+
+    from fm_torch.models.unet import UNet
+
+    torch.manual_seed(0)
+    model = UNet(channels=1, base=base, mults=(1, 2, 2), num_classes=10)
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    g = torch.Generator().manual_seed(0)
+    x1 = torch.rand((batch, 1, 28, 28), generator=g) * 2 - 1  # (B, 1, 28, 28)
+    y = torch.randint(0, 10, (batch,), generator=g)  # (B,)
+
+    def step():
+        torch.set_num_threads(threads)
+        x0 = torch.randn(x1.shape, generator=g)  # (B, 1, 28, 28)
+        t = torch.rand(batch, generator=g)  # (B,)
+        xt = t[:, None, None, None] * x1 + (1 - t[:, None, None, None]) * x0
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            v = model(xt, t, y)  # (B, 1, 28, 28)
+        loss = (v.float() - (x1 - x0)).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_cpu_precision")
+    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--bases", type=int, nargs="+", default=[16, 32])
+    parser.add_argument("--quick", action="store_true", help="batch 8, 2 repetitions, base 8")
+    args = parser.parse_args(argv)
+    reps, batch, bases = (2, 8, [8]) if args.quick else (args.reps, args.batch, args.bases)
+    import torch
+
+    from benchmarks.common import interleaved
+    from fm_torch.cpu import choose_cpu_settings, cpu_flags, native_bf16, usable_cores
+
+    threads = sorted({1, usable_cores()})
+    fns = {(base, n, bf16): _step_fn(base, batch, bf16, n)
+           for base in bases for n in threads for bf16 in (False, True)}
+    seconds = interleaved(fns, reps)
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    bf16_flags = sorted({"avx512_bf16", "amx_bf16"} & cpu_flags()) or ["none"]
+    print(f"{model}, {usable_cores()} usable cores, native bf16: {native_bf16()} "
+          f"({', '.join(bf16_flags)}); torch {torch.__version__}; batch {batch}, medians of "
+          f"{reps} interleaved steps; images/s")
+    head = [f"{n} thread{'s' if n > 1 else ''} {p}" for n in threads for p in ("fp32", "bf16")]
+    print("| U-Net | " + " | ".join(head) + " |")
+    print("|---|" + "---:|" * len(head))
+    for base in bases:
+        cells = [f"{batch / statistics.median(seconds[(base, n, bf16)]):.0f}"
+                 for n in threads for bf16 in (False, True)]
+        print(f"| base {base} | " + " | ".join(cells) + " |")
+    print(f"fm-torch train would pick: {choose_cpu_settings()['why']} (without the probe)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
