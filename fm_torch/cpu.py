@@ -14,19 +14,21 @@ before `import torch` (fm_torch/__init__.py calls it); a value the user set is k
 Precision. bf16 autocast helps a CPU with native bf16 arithmetic (AVX512-BF16, AMX):
 measured 1.3-2x on such an Intel part (issue 24). Without it the casts cost more than
 they save, so fp32 is chosen there without a probe; with it, a short probe of the real
-training step decides (bf16 only when it is at least 10 % faster).
+training step decides (bf16 only when it is at least 10 % faster; five steps of each,
+alternated, on the run's thread count, so that a load that comes and goes cannot decide).
 """
 
 import os
 import time
 
 __all__ = ["WAIT_POLICY", "openmp_wait_policy", "usable_cores", "cpu_flags",
-           "native_bf16", "probe_seconds", "choose_cpu_settings", "step_probe",
+           "native_bf16", "choose_cpu_settings", "step_probe",
            "default_threads", "configure_cpu"]
 
 # what fm_torch sets unless the user chose: see the module docstring and docs/benchmarks.md
 WAIT_POLICY = {"OMP_WAIT_POLICY": "PASSIVE"}
 BF16_MIN_SPEEDUP = 1.10
+PROBE_ROUNDS = 5  # timed steps of each precision in the probe
 
 
 def openmp_wait_policy(environ=os.environ):
@@ -63,24 +65,16 @@ def native_bf16(flags=None):
     return bool({"avx512_bf16", "amx_bf16"} & flags)
 
 
-def probe_seconds(step, reps=3):
-    """Median seconds of `step()` over `reps` calls after one warm-up call."""
-    step()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
-
-
-def choose_cpu_settings(threads=None, bf16=None, probe=None, flags=None, cores=None):
+def choose_cpu_settings(threads=None, bf16=None, probe=None, flags=None, cores=None,
+                        rounds=PROBE_ROUNDS):
     """{"threads": n, "bf16": bool, "why": str} for a CPU run.
 
     threads: the given count, else `cores` (default: the usable cores). bf16: the given
     choice; else fp32 on a CPU without native bf16; else `probe(bf16) -> seconds` of one
-    training step decides (bf16 when at least BF16_MIN_SPEEDUP times faster). Without a
-    probe a native-bf16 CPU gets bf16.
+    training step decides (bf16 when at least BF16_MIN_SPEEDUP times faster): `rounds`
+    calls of each precision, alternated fp32, bf16, bf16, fp32, ... so that a load that
+    comes and goes falls on both alike, and the medians compared. Without a probe a
+    native-bf16 CPU gets bf16.
     """
     if threads is not None and (isinstance(threads, bool) or int(threads) != threads
                                 or threads < 1):
@@ -96,17 +90,22 @@ def choose_cpu_settings(threads=None, bf16=None, probe=None, flags=None, cores=N
     if probe is None:
         why.append("bf16 (native bf16 on this CPU)")
         return {"threads": n, "bf16": True, "why": ", ".join(why)}
-    fp32_s, bf16_s = probe(False), probe(True)
+    seconds = {False: [], True: []}
+    for r in range(rounds):
+        for use in ((False, True) if r % 2 == 0 else (True, False)):
+            seconds[use].append(probe(use))
+    fp32_s, bf16_s = (sorted(seconds[use])[rounds // 2] for use in (False, True))
     use = fp32_s >= BF16_MIN_SPEEDUP * bf16_s
     why.append(f"{'bf16' if use else 'fp32'} (probe: a step takes {1000 * fp32_s:.0f} ms in "
-               f"fp32, {1000 * bf16_s:.0f} ms in bf16)")
+               f"fp32, {1000 * bf16_s:.0f} ms in bf16, medians of {rounds})")
     return {"threads": n, "bf16": use, "why": ", ".join(why)}
 
 
 def step_probe(model, shape, num_classes, batch):
     """probe(bf16) -> seconds of one forward and backward pass of `model` on a batch of
     `batch` random samples of `shape` (its own generator: the run's draws are untouched;
-    the gradients are cleared again)."""
+    the gradients are cleared again). The first call of each precision is a warm-up,
+    untimed; the thread count is whatever torch has when it is called."""
     import torch
 
     device = next(model.parameters()).device
@@ -115,14 +114,21 @@ def step_probe(model, shape, num_classes, batch):
     t = torch.rand(batch, generator=g).to(device)  # (B,)
     y = None if not num_classes else torch.randint(0, num_classes, (batch,), generator=g)
     y = None if y is None else y.to(device)
+    warm = set()
+
+    def step(bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            v = model(x, t, y)  # (B, ...)
+        v.float().square().mean().backward()
+        model.zero_grad(set_to_none=True)
 
     def seconds(bf16):
-        def step():
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                v = model(x, t, y)  # (B, ...)
-            v.float().square().mean().backward()
-            model.zero_grad(set_to_none=True)
-        return probe_seconds(step, reps=2)
+        if bf16 not in warm:
+            warm.add(bf16)
+            step(bf16)
+        start = time.perf_counter()
+        step(bf16)
+        return time.perf_counter() - start
 
     return seconds
 
@@ -144,7 +150,8 @@ def configure_cpu(model, shape, num_classes, batch, threads=None, bf16=None, wor
     import torch
 
     cores = default_threads(world_size)
-    probe = step_probe(model, shape, num_classes, batch)
-    choice = choose_cpu_settings(threads, bf16, probe, cores=cores)
-    torch.set_num_threads(choice["threads"])
+    n = choose_cpu_settings(threads, bf16=False, cores=cores)["threads"]  # checks `threads`
+    torch.set_num_threads(n)  # the probe times the step on the run's own threads
+    choice = choose_cpu_settings(threads, bf16, step_probe(model, shape, num_classes, batch),
+                                 cores=cores)
     return choice

@@ -50,7 +50,8 @@ def test_precision_follows_the_cpu_and_the_probe():
     assert no_bf16["bf16"] is False and calls == []  # no native bf16: no probe at all
     assert "no native bf16" in no_bf16["why"]
     assert cpu.choose_cpu_settings(threads=2, probe=probe(1.5), flags={"amx_bf16"})["bf16"]
-    assert calls == [False, True]
+    # five steps of each, alternated so that a passing load falls on both alike
+    assert calls == [False, True, True, False, False, True, True, False, False, True]
     slow = cpu.choose_cpu_settings(threads=2, probe=probe(1.05), flags={"amx_bf16"})
     assert slow["bf16"] is False and "probe" in slow["why"]  # under 10 % faster: fp32
     given = cpu.choose_cpu_settings(threads=1, bf16=True, flags={"avx2"})
@@ -71,10 +72,56 @@ def test_default_threads_follow_omp_num_threads_else_the_cores():
     assert cpu.default_threads(2, {"OMP_NUM_THREADS": "junk"}) == max(1, cores // 2)
 
 
-def test_probe_takes_the_median_after_a_warm_up():
-    counter = []
-    assert cpu.probe_seconds(lambda: counter.append(1), reps=3) >= 0
-    assert len(counter) == 4
+def test_probe_compares_medians_so_one_stalled_step_cannot_decide():
+    # bf16 truly 1.5x faster, but its first timed step stalls (another process took the core)
+    times = {False: [1.0] * 5, True: [9.0] + [1 / 1.5] * 4}
+
+    def probe(bf16):
+        return times[bf16].pop(0)
+
+    choice = cpu.choose_cpu_settings(threads=1, probe=probe, flags={"avx512_bf16"})
+    assert choice["bf16"] is True and "1000 ms in fp32, 667 ms in bf16" in choice["why"]
+
+
+def test_step_probe_warms_each_precision_once_and_leaves_no_gradients():
+    import torch
+
+    class Field(torch.nn.Module):  # v(x, t, y), as the probe calls it
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(3, 3)
+
+        def forward(self, x, t, y=None):
+            calls.append(torch.is_autocast_enabled("cpu"))
+            return self.linear(x) * t[:, None]
+
+    calls = []
+    model = Field()
+    probe = cpu.step_probe(model, (3,), None, batch=4)
+    assert probe(False) >= 0 and probe(False) >= 0 and probe(True) >= 0
+    assert calls == [False, False, False, True, True]  # a warm-up before the first of each
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_configure_cpu_probes_on_the_threads_the_run_will_use(monkeypatch):
+    import torch
+
+    seen = []
+
+    def fake_step_probe(*args):
+        seen.append(torch.get_num_threads())
+        return lambda bf16: 1.0
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(cpu, "step_probe", fake_step_probe)
+    monkeypatch.setattr(cpu, "cpu_flags", lambda cpuinfo=None: {"amx_bf16"})
+    try:
+        for threads in (1, 2):
+            choice = cpu.configure_cpu(None, (2,), None, 8, threads=threads)
+            assert seen[-1] == threads == choice["threads"] == torch.get_num_threads()
+            assert choice["bf16"] is False  # equal times: not 10 % faster
+    finally:
+        torch.set_num_threads(before)
 
 
 def _config(out):
