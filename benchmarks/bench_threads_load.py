@@ -7,7 +7,8 @@ machine and beside a competing process that keeps one core busy.
 
 Each variant runs in a fresh process (libgomp reads OMP_WAIT_POLICY once, when torch
 loads it); the variants are interleaved round by round, so a change of the machine's
-load hits them alike. Prints ms per step (batch 128, AdamW) and the ratio to 1 thread.
+load hits them alike. Prints ms per step (batch 128 or --batch, AdamW) and the ratio to 1
+thread. The short spin (GOMP_SPINCOUNT=10000) spins briefly, then sleeps.
 """
 
 import argparse
@@ -21,6 +22,7 @@ VARIANTS = {  # name: (threads, environment)
     "1 thread": (1, {}),
     "2 threads, spinning wait": (2, {"OMP_WAIT_POLICY": "ACTIVE"}),
     "2 threads, passive wait": (2, {"OMP_WAIT_POLICY": "PASSIVE"}),
+    "2 threads, short spin": (2, {"GOMP_SPINCOUNT": "10000"}),
 }
 
 STEP = """
@@ -30,7 +32,7 @@ from fm_torch.models.unet import UNet
 torch.manual_seed(0)
 model = UNet(channels=1, base=16, mults=(1, 2, 2), num_classes=10)
 opt = torch.optim.AdamW(model.parameters(), 1e-3)
-x = torch.randn(128, 1, 28, 28); t = torch.rand(128); y = torch.randint(0, 10, (128,))
+x = torch.randn({batch}, 1, 28, 28); t = torch.rand({batch}); y = torch.randint(0, 10, ({batch},))
 def step():
     loss = ((model(x, t, y) - x) ** 2).mean()
     opt.zero_grad(); loss.backward(); opt.step()
@@ -47,11 +49,12 @@ def _busy():
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
 
-def _time(threads, env, steps):
+def _time(threads, env, steps, batch):
     environ = {k: v for k, v in os.environ.items()
                if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")}
-    out = subprocess.run([sys.executable, "-c", STEP.format(threads=threads, steps=steps)],
-                         env={**environ, **env}, capture_output=True, text=True, check=True)
+    script = STEP.format(threads=threads, steps=steps, batch=batch)
+    out = subprocess.run([sys.executable, "-c", script], env={**environ, **env},
+                         capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -59,6 +62,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_threads_load")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per process")
+    parser.add_argument("--batch", type=int, default=128, help="images per step (default 128)")
     parser.add_argument("--quick", action="store_true", help="1 round of 2 steps")
     args = parser.parse_args(argv)
     rounds, steps = (1, 2) if args.quick else (args.rounds, args.steps)
@@ -70,7 +74,7 @@ def main(argv=None):
             seconds = {name: [] for name in VARIANTS}
             for _ in range(rounds):
                 for name, (threads, env) in VARIANTS.items():
-                    seconds[name].append(_time(threads, env, steps))
+                    seconds[name].append(_time(threads, env, steps, args.batch))
         finally:
             if busy is not None:
                 busy.kill()

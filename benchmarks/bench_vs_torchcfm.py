@@ -80,8 +80,10 @@ def _train_ours(out, steps):
     if os.path.isdir(out):
         shutil.rmtree(out)  # this benchmark's own folder: always a fresh run
     cpu, wall = time.process_time(), time.perf_counter()
+    # one thread in fp32, as torchcfm's loop here: the budgets compare recipes, not the
+    # threads and precision fm-torch train would otherwise choose for this CPU
     train(out, progress=False, device="cpu", steps=steps, ckpt_every=steps,
-          sample_every=10**9, warmup=int(steps / 16), **demo_settings())
+          sample_every=10**9, warmup=int(steps / 16), threads=1, bf16=False, **demo_settings())
     return time.process_time() - cpu, time.perf_counter() - wall
 
 

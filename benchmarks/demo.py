@@ -5,7 +5,7 @@
    machine has a second core this runs in a process of its own, beside part 2.
 2. fm_torch: a small class-conditional U-Net (base width 16, about 0.2 M parameters)
    learns MNIST for 800 AdamW steps of 64 images (about one epoch) with label dropout
-   and an EMA of its weights, on all usable cores, in the precision `fm-torch train`
+   and an EMA of its weights, on the usable cores but one, in the precision `fm-torch train`
    picks for this CPU (fp32, or bf16 autocast where the CPU has native bf16 and a probe
    finds it faster); then a 10x10 grid (one row per class, guidance 1.75, midpoint,
    20 steps), a trajectory strip (t = 0, 0.1, ..., 1) and the grid forming (a GIF).
@@ -100,11 +100,12 @@ def main(argv=None):
     horizon = ["--steps", str(args.steps), "--warmup", str(max(1, args.steps // 16))]
     from fm_torch.cpu import usable_cores
 
-    # The whole CPU: the NumPy part runs in a process of its own on one core while the U-Net
-    # trains on all of them (OpenMP's passive wait, set by fm_torch, keeps the two threads
-    # from spinning while the NumPy process holds a core; docs/benchmarks.md "Threads under
-    # load"). On a single core the two parts run one after the other.
-    threads = usable_cores()
+    # The whole CPU, by processes rather than threads: the NumPy part runs in a process of
+    # its own on one core while the U-Net trains on the others (docs/benchmarks.md, "The
+    # demo's time": on 2 cores, U-Net threads that share their cores with the NumPy process
+    # wait at each of the step's barriers, and the demo took longer than one after the other).
+    cores = usable_cores()
+    threads = max(1, cores - 1)
     start = time.perf_counter()
     times = {}
 
@@ -119,7 +120,7 @@ def main(argv=None):
           "--animate", os.path.join(args.out, "numpy_flow.gif")],
          "fm-numpy: sample (rk4, 20 steps)")]
     numpy_log = os.path.join(args.out, "numpy.log")
-    background = _start_numpy(numpy_jobs, numpy_log) if threads > 1 else None
+    background = _start_numpy(numpy_jobs, numpy_log) if cores > 1 else None
     if background is None:
         from fm_numpy.cli import main as fm_numpy_main
 
