@@ -23,7 +23,7 @@ import time
 
 __all__ = ["WAIT_POLICY", "openmp_wait_policy", "usable_cores", "cpu_flags",
            "native_bf16", "choose_cpu_settings", "step_probe",
-           "default_threads", "configure_cpu"]
+           "default_threads", "env_bf16", "configure_cpu"]
 
 # what fm_torch sets unless the user chose: see the module docstring and docs/benchmarks.md
 WAIT_POLICY = {"OMP_WAIT_POLICY": "PASSIVE"}
@@ -143,15 +143,27 @@ def default_threads(world_size=1, environ=os.environ):
     return given if given >= 1 else max(1, usable_cores() // max(1, int(world_size)))
 
 
+def env_bf16(environ=os.environ):
+    """FM_TORCH_BF16: "1" bf16, "0" fp32, unset or empty None (the run chooses)."""
+    value = environ.get("FM_TORCH_BF16", "").strip()
+    if value not in ("", "0", "1"):
+        raise ValueError(f"FM_TORCH_BF16 must be 0 or 1, got {value!r}")
+    return None if value == "" else value == "1"
+
+
 def configure_cpu(model, shape, num_classes, batch, threads=None, bf16=None, world_size=1):
     """Choose and apply (torch.set_num_threads) the threads and precision of a CPU run.
 
-    Default threads: default_threads(world_size)."""
+    Default threads: default_threads(world_size); default precision: FM_TORCH_BF16 where
+    set (env_bf16; the test suite sets 0, so that its numbers do not depend on the CPU),
+    else the probe's choice. The probe calls `model` 12 times outside the training loop."""
     import torch
 
+    if bf16 is None:
+        bf16 = env_bf16()
     cores = default_threads(world_size)
     n = choose_cpu_settings(threads, bf16=False, cores=cores)["threads"]  # checks `threads`
     torch.set_num_threads(n)  # the probe times the step on the run's own threads
-    choice = choose_cpu_settings(threads, bf16, step_probe(model, shape, num_classes, batch),
-                                 cores=cores)
+    probe = step_probe(model, shape, num_classes, batch) if bf16 is None else None
+    choice = choose_cpu_settings(threads, bf16, probe, cores=cores)
     return choice

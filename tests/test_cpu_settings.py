@@ -113,6 +113,7 @@ def test_configure_cpu_probes_on_the_threads_the_run_will_use(monkeypatch):
         return lambda bf16: 1.0
 
     before = torch.get_num_threads()
+    monkeypatch.delenv("FM_TORCH_BF16", raising=False)  # conftest pins fp32: let it choose
     monkeypatch.setattr(cpu, "step_probe", fake_step_probe)
     monkeypatch.setattr(cpu, "cpu_flags", lambda cpuinfo=None: {"amx_bf16"})
     try:
@@ -134,6 +135,7 @@ def _config(out):
 def test_train_records_and_prints_its_cpu_choice(tmp_path, monkeypatch, capsys):
     from fm_torch.train import train
 
+    monkeypatch.delenv("FM_TORCH_BF16", raising=False)  # conftest pins fp32: let it choose
     monkeypatch.setattr(cpu, "cpu_flags", lambda cpuinfo=None: {"avx2"})  # no native bf16
     train(tmp_path / "a", progress=True, data="moons", steps=3, batch=16, hidden=8, depth=1,
           threads=1)
@@ -154,3 +156,22 @@ def test_train_records_and_prints_its_cpu_choice(tmp_path, monkeypatch, capsys):
     assert _config(tmp_path / "c")["bf16"] is True  # the run's own precision when not given
     train(tmp_path / "c", resume=True, progress=False, steps=6, threads=1, bf16=False)
     assert _config(tmp_path / "c")["bf16"] is False
+
+
+def test_fm_torch_bf16_sets_the_default_precision_and_refuses_nonsense(tmp_path, monkeypatch):
+    from fm_torch.train import train
+
+    assert cpu.env_bf16({}) is None and cpu.env_bf16({"FM_TORCH_BF16": ""}) is None
+    assert cpu.env_bf16({"FM_TORCH_BF16": "1"}) is True
+    assert cpu.env_bf16({"FM_TORCH_BF16": "0"}) is False
+    with pytest.raises(ValueError, match="FM_TORCH_BF16 must be 0 or 1"):
+        cpu.env_bf16({"FM_TORCH_BF16": "yes"})
+    monkeypatch.setattr(cpu, "cpu_flags", lambda cpuinfo=None: {"amx_bf16"})  # would probe
+    monkeypatch.setattr(cpu, "step_probe", lambda *a: pytest.fail("probed despite the env"))
+    monkeypatch.setenv("FM_TORCH_BF16", "1")
+    train(tmp_path / "a", progress=False, data="moons", steps=2, batch=16, hidden=8, depth=1,
+          threads=1)
+    assert _config(tmp_path / "a")["bf16"] is True
+    train(tmp_path / "b", progress=False, data="moons", steps=2, batch=16, hidden=8, depth=1,
+          threads=1, bf16=False)  # the flag wins over the environment
+    assert _config(tmp_path / "b")["bf16"] is False
