@@ -66,7 +66,7 @@ def native_bf16(flags=None):
 
 
 def choose_cpu_settings(threads=None, bf16=None, probe=None, flags=None, cores=None,
-                        rounds=PROBE_ROUNDS):
+                        rounds=PROBE_ROUNDS, bf16_from="given"):
     """{"threads": n, "bf16": bool, "why": str} for a CPU run.
 
     threads: the given count, else `cores` (default: the usable cores). bf16: the given
@@ -74,7 +74,7 @@ def choose_cpu_settings(threads=None, bf16=None, probe=None, flags=None, cores=N
     training step decides (bf16 when at least BF16_MIN_SPEEDUP times faster): `rounds`
     calls of each precision, alternated fp32, bf16, bf16, fp32, ... so that a load that
     comes and goes falls on both alike, and the medians compared. Without a probe a
-    native-bf16 CPU gets bf16.
+    native-bf16 CPU gets bf16. `bf16_from` names where a given bf16 came from (the text).
     """
     if threads is not None and (isinstance(threads, bool) or int(threads) != threads
                                 or threads < 1):
@@ -82,7 +82,7 @@ def choose_cpu_settings(threads=None, bf16=None, probe=None, flags=None, cores=N
     n = int(threads) if threads is not None else (cores or usable_cores())
     why = [f"{n} thread{'s' if n > 1 else ''} ({'given' if threads else 'usable cores'})"]
     if bf16 is not None:
-        why.append(f"{'bf16' if bf16 else 'fp32'} (given)")
+        why.append(f"{'bf16' if bf16 else 'fp32'} ({bf16_from})")
         return {"threads": n, "bf16": bool(bf16), "why": ", ".join(why)}
     if not native_bf16(flags):
         why.append("fp32 (no native bf16 on this CPU: no avx512_bf16 / amx_bf16)")
@@ -159,11 +159,12 @@ def configure_cpu(model, shape, num_classes, batch, threads=None, bf16=None, wor
     else the probe's choice. The probe calls `model` 12 times outside the training loop."""
     import torch
 
-    if bf16 is None:
+    from_env = bf16 is None and env_bf16() is not None
+    if from_env:
         bf16 = env_bf16()
     cores = default_threads(world_size)
     n = choose_cpu_settings(threads, bf16=False, cores=cores)["threads"]  # checks `threads`
     torch.set_num_threads(n)  # the probe times the step on the run's own threads
     probe = step_probe(model, shape, num_classes, batch) if bf16 is None else None
-    choice = choose_cpu_settings(threads, bf16, probe, cores=cores)
-    return choice
+    return choose_cpu_settings(threads, bf16, probe, cores=cores,
+                               bf16_from="FM_TORCH_BF16" if from_env else "given")

@@ -172,6 +172,8 @@ def test_fm_torch_bf16_sets_the_default_precision_and_refuses_nonsense(tmp_path,
     train(tmp_path / "a", progress=False, data="moons", steps=2, batch=16, hidden=8, depth=1,
           threads=1)
     assert _config(tmp_path / "a")["bf16"] is True
+    assert _config(tmp_path / "a")["cpu"]["why"] == "1 thread (given), bf16 (FM_TORCH_BF16)"
     train(tmp_path / "b", progress=False, data="moons", steps=2, batch=16, hidden=8, depth=1,
           threads=1, bf16=False)  # the flag wins over the environment
     assert _config(tmp_path / "b")["bf16"] is False
+    assert _config(tmp_path / "b")["cpu"]["why"].endswith("fp32 (given)")
