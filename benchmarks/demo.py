@@ -18,6 +18,7 @@ The settings for a full run (longer, or on a GPU): README.md, "Full training".
 
 import argparse
 import glob
+import math
 import os
 import shutil
 import subprocess
@@ -97,6 +98,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error(f"--steps must be a positive integer, got {args.steps}")
+    if not math.isfinite(args.guidance):  # said now, not after minutes of training
+        parser.error(f"--guidance must be a finite number, got {args.guidance}")
     horizon = ["--steps", str(args.steps), "--warmup", str(max(1, args.steps // 16))]
     from fm_torch.cpu import usable_cores
 
