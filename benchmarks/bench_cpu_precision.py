@@ -1,11 +1,11 @@
 """The issue-24 table on this CPU: U-Net training images/s on 1 and 2 threads, fp32 and
 bf16 autocast, for the demo's width (base 16) and the full run's (base 32).
 
-Each step: forward under torch.autocast(cpu, bfloat16) or not, the flow-matching loss in
-float32, backward, AdamW (batch 128 by default). The variants are interleaved
-(benchmarks.common.interleaved: a load that comes and goes hits them alike); the thread
-count is set before each call. Prints a markdown table of medians and what
-fm_torch.cpu.choose_cpu_settings would pick here.
+Each step: fm_torch.objectives.flow_matching_loss under torch.autocast(cpu, bfloat16) or
+not (the loss in float32 either way), backward, AdamW (batch 128 by default). The
+variants are interleaved (benchmarks.common.interleaved: a load that comes and goes hits
+them alike); the thread count is set before each call. Prints a markdown table of
+medians and what fm_torch.cpu.choose_cpu_settings would pick here.
 
     python -m benchmarks.bench_cpu_precision [--reps 7] [--batch 128] [--quick]
 """
@@ -19,6 +19,8 @@ def _step_fn(base, batch, bf16, threads):
     import torch
 
     from fm_torch.models.unet import UNet
+    from fm_torch.objectives import flow_matching_loss
+    from fm_torch.paths import AffinePath
 
     torch.manual_seed(0)
     model = UNet(channels=1, base=base, mults=(1, 2, 2), num_classes=10)
@@ -27,14 +29,14 @@ def _step_fn(base, batch, bf16, threads):
     x1 = torch.rand((batch, 1, 28, 28), generator=g) * 2 - 1  # (B, 1, 28, 28)
     y = torch.randint(0, 10, (batch,), generator=g)  # (B,)
 
-    def step():
+    path = AffinePath()
+
+    def step():  # as fm_torch/loop.py: the objective's loss under autocast
         torch.set_num_threads(threads)
         x0 = torch.randn(x1.shape, generator=g)  # (B, 1, 28, 28)
         t = torch.rand(batch, generator=g)  # (B,)
-        xt = t[:, None, None, None] * x1 + (1 - t[:, None, None, None]) * x0
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            v = model(xt, t, y)  # (B, 1, 28, 28)
-        loss = (v.float() - (x1 - x0)).square().mean()
+            loss = flow_matching_loss(model, path, x1, y, x0, t)  # float32 even in bf16
         opt.zero_grad()
         loss.backward()
         opt.step()
