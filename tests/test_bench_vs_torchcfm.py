@@ -33,7 +33,7 @@ def test_demo_settings_are_what_the_cli_builds_from_the_demo_flags(monkeypatch, 
     # every demo flag except the budget's arrived: none was dropped on the way
     flags = {f.lstrip("-").replace("-", "_") for f in TORCH_TRAIN[::2]}
     assert set(ours) == flags - BUDGET_SET
-    assert ours["lr"] == 2e-3 and ours["mults"] == [1, 2, 2] and ours["batch"] == 64
+    assert ours["lr"] == 2e-3 and ours["mults"] == [1, 2, 2] and ours["batch"] == 128
 
 
 class _Recorder(torch.nn.Module):

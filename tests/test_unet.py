@@ -111,3 +111,33 @@ def test_bad_inputs():
     assert unconditional(torch.randn(1, 1, 28, 28), 0.5).shape == (1, 1, 28, 28)
     with pytest.raises(ValueError, match="unconditional"):
         unconditional(torch.randn(1, 1, 28, 28), 0.5, torch.tensor([1]))
+
+
+@pytest.mark.parametrize("explicit", [True, False])
+def test_self_attention_is_torchs_multihead_attention(monkeypatch, explicit):
+    """SelfAttention's written-out softmax (CPU, short sequences) and its SDPA path both
+    equal torch's own nn.MultiheadAttention on the same weights, values and gradients."""
+    from fm_torch.models.unet import SelfAttention
+
+    if not explicit:  # every sequence takes the F.scaled_dot_product_attention path
+        monkeypatch.setattr(SelfAttention, "EXPLICIT_MAX_POSITIONS", 0)
+    torch.manual_seed(0)
+    block = SelfAttention(16, heads=4).double()
+    with torch.no_grad():  # a non-trivial GroupNorm and bias, so every term is exercised
+        for p in block.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(3, 16, 5, 6, dtype=torch.float64, requires_grad=True)
+
+    def reference(x):  # torch's own module: in-projection, heads, softmax, out-projection
+        b, c, h, w = x.shape
+        q = block.norm(x).reshape(b, c, h * w).transpose(1, 2)
+        out, _ = block.attn(q, q, q, need_weights=False)
+        return x + out.transpose(1, 2).reshape(b, c, h, w)
+
+    weights = torch.randn(3, 16, 5, 6, dtype=torch.float64)
+    got, want = block(x), reference(x)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    g_got = torch.autograd.grad((got * weights).sum(), [x, *block.parameters()])
+    g_want = torch.autograd.grad((want * weights).sum(), [x, *block.parameters()])
+    for a, b in zip(g_got, g_want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -72,7 +72,20 @@ class ResBlock(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention over the H*W positions, residual."""
+    """Multi-head self-attention over the L = H*W positions, residual:
+
+        [q, k, v] = GroupNorm(x) W_in + b_in, split into `heads` heads of d = C / heads
+        o_h = softmax(q_h k_h^T / sqrt(d)) v_h,    out = x + [o_1 .. o_heads] W_out + b_out
+
+    The weights live in an nn.MultiheadAttention (`attn`: in_proj_weight, in_proj_bias,
+    out_proj), so checkpoints keep their keys. On a CPU, for up to EXPLICIT_MAX_POSITIONS
+    positions, the softmax is written out: torch's fused CPU kernel took 4-7x longer for
+    forward and backward under bf16 autocast at the demo's 7x7 (49 positions) and was no
+    faster in fp32 (docs/benchmarks.md, "The demo's time"). Elsewhere (CUDA, longer
+    sequences, where the L x L weights would not fit) F.scaled_dot_product_attention.
+    """
+
+    EXPLICIT_MAX_POSITIONS = 1024
 
     def __init__(self, channels, heads=4):
         super().__init__()
@@ -81,8 +94,18 @@ class SelfAttention(nn.Module):
 
     def forward(self, x):
         b, c, h, w = x.shape
-        q = self.norm(x).reshape(b, c, h * w).transpose(1, 2)  # (B, HW, C)
-        out, _ = self.attn(q, q, q, need_weights=False)
+        L, heads = h * w, self.attn.num_heads
+        d = c // heads
+        hn = self.norm(x).reshape(b, c, L).transpose(1, 2)  # (B, L, C)
+        qkv = F.linear(hn, self.attn.in_proj_weight, self.attn.in_proj_bias)  # (B, L, 3C)
+        q, k, v = qkv.reshape(b, L, 3, heads, d).permute(2, 0, 3, 1, 4)  # each (B, heads, L, d)
+        if x.device.type == "cpu" and L <= self.EXPLICIT_MAX_POSITIONS:
+            a = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d), dim=-1)  # (B, heads, L, L)
+            o = a @ v  # (B, heads, L, d)
+        else:
+            o = F.scaled_dot_product_attention(q, k, v)  # (B, heads, L, d)
+        o = o.transpose(1, 2).reshape(b, L, c)  # (B, L, C): heads side by side
+        out = self.attn.out_proj(o)  # (B, L, C)
         return x + out.transpose(1, 2).reshape(b, c, h, w)
 
 
