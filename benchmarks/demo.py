@@ -4,7 +4,7 @@
    learns MNIST for 800 AdamW steps of 128 images (1.7 epochs) with label dropout
    and an EMA of its weights, alone on all the usable cores, in the precision `fm-torch
    train` picks for this CPU (fp32, or bf16 autocast where the CPU has native bf16 and a
-   probe finds it faster); then a 10x10 grid (one row per class, guidance 1.5, midpoint,
+   probe finds it faster); then a 10x10 grid (one row per class, guidance 1.55, midpoint,
    20 steps), a trajectory strip (t = 0, 0.1, ..., 1) and the grid forming (a GIF).
 2. fm_numpy: the NumPy MLP learns a 2-D toy set (8 Gaussians); samples, trajectories,
    the learned field and an animation of the particles flowing are written. Where the
@@ -40,9 +40,10 @@ STEPS = 800
 TORCH_TRAIN = ["--data", "mnist", "--base", "16", "--mults", "1,2,2", "--batch", "128",
                "--lr", "2e-3", "--ema-decay", "0.995", "--ckpt-every", "250",
                "--lr-schedule", "cosine"]  # steps, warm-up, --sample-every: from --steps
-# the guidance of the grid: at this budget w = 1.5 is the one that meets both FD <= 1.5x
-# the floor and accuracy >= 0.98 (docs/benchmarks.md, "The demo's quality at its budget")
-GUIDANCE = 1.5
+# the guidance of the grid: the demo's own run here gave FD 1.31x the floor with accuracy
+# 0.979 at w = 1.5, 1.44x and 0.982 at 1.55, 1.60x and 0.981 at 1.6 (n = 1000; both goals
+# at 1.55 only, by less than the judge's noise: docs/benchmarks.md, "The demo's quality")
+GUIDANCE = 1.55
 QUICK = {"numpy": ["--steps", "50"],
          "torch": ["--steps", "10", "--warmup", "2", "--sample-every", "10", "--n-train", "640"]}
 

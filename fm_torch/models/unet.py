@@ -79,10 +79,11 @@ class SelfAttention(nn.Module):
 
     The weights live in an nn.MultiheadAttention (`attn`: in_proj_weight, in_proj_bias,
     out_proj), so checkpoints keep their keys. On a CPU, for up to EXPLICIT_MAX_POSITIONS
-    positions, the softmax is written out: torch's fused CPU kernel took 4-7x longer for
-    forward and backward under bf16 autocast at the demo's 7x7 (49 positions) and was no
-    faster in fp32 (docs/benchmarks.md, "The demo's time"). Elsewhere (CUDA, longer
-    sequences, where the L x L weights would not fit) F.scaled_dot_product_attention.
+    positions, the softmax is written out: at the demo's 7x7 (49 positions, batch 128)
+    torch's fused CPU kernel took 6-7x longer for forward and backward under bf16 autocast,
+    1.8x on two fp32 threads, and was 10 % faster on one fp32 thread (docs/benchmarks.md,
+    "The demo's time"). Elsewhere (CUDA, longer sequences, where the L x L weights would
+    not fit) F.scaled_dot_product_attention.
     """
 
     EXPLICIT_MAX_POSITIONS = 1024
