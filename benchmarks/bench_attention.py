@@ -17,37 +17,9 @@ import os
 import statistics
 import sys
 
-PATHS = {"written-out softmax": None, "fused (F.scaled_dot_product_attention)": 0}
+from benchmarks.bench_cpu_precision import _step_fn
 
-
-def _step_fn(base, batch, bf16, threads, explicit_max):
-    import torch
-
-    from fm_torch.models.unet import UNet
-    from fm_torch.objectives import flow_matching_loss
-    from fm_torch.paths import AffinePath
-
-    torch.manual_seed(0)
-    model = UNet(channels=1, base=base, mults=(1, 2, 2), num_classes=10)
-    if explicit_max is not None:  # this instance only: every sequence takes the fused path
-        model.mid_attn.EXPLICIT_MAX_POSITIONS = explicit_max
-    opt = torch.optim.AdamW(model.parameters(), 1e-3)
-    g = torch.Generator().manual_seed(0)
-    x1 = torch.rand((batch, 1, 28, 28), generator=g) * 2 - 1  # (B, 1, 28, 28)
-    y = torch.randint(0, 10, (batch,), generator=g)  # (B,)
-    path = AffinePath()
-
-    def step():  # as fm_torch/loop.py: the objective's loss under autocast
-        torch.set_num_threads(threads)
-        x0 = torch.randn(x1.shape, generator=g)  # (B, 1, 28, 28)
-        t = torch.rand(batch, generator=g)  # (B,)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = flow_matching_loss(model, path, x1, y, x0, t)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    return step
+PATHS = {"written-out softmax": False, "fused (F.scaled_dot_product_attention)": True}
 
 
 def main(argv=None):
@@ -65,8 +37,8 @@ def main(argv=None):
 
     from benchmarks.common import interleaved
 
-    fns = {(path, n, bf16): _step_fn(base, batch, bf16, n, limit)
-           for path, limit in PATHS.items() for n in threads for bf16 in (False, True)}
+    fns = {(path, n, bf16): _step_fn(base, batch, bf16, n, fused)
+           for path, fused in PATHS.items() for n in threads for bf16 in (False, True)}
     seconds = interleaved(fns, reps)
     print(f"torch {torch.__version__}, base {base}, batch {batch}, OMP_WAIT_POLICY="
           f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}; medians of {reps} interleaved "

@@ -15,7 +15,9 @@ import statistics
 import sys
 
 
-def _step_fn(base, batch, bf16, threads):
+def _step_fn(base, batch, bf16, threads, fused_attention=False):
+    """One training step of the U-Net as a callable; fused_attention: its attention always
+    calls F.scaled_dot_product_attention (benchmarks/bench_attention.py)."""
     import torch
 
     from fm_torch.models.unet import UNet
@@ -24,6 +26,8 @@ def _step_fn(base, batch, bf16, threads):
 
     torch.manual_seed(0)
     model = UNet(channels=1, base=base, mults=(1, 2, 2), num_classes=10)
+    if fused_attention:  # this instance only: no sequence takes the written-out softmax
+        model.mid_attn.EXPLICIT_MAX_POSITIONS = 0
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
     g = torch.Generator().manual_seed(0)
     x1 = torch.rand((batch, 1, 28, 28), generator=g) * 2 - 1  # (B, 1, 28, 28)

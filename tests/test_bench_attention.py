@@ -8,13 +8,13 @@ from benchmarks.bench_attention import PATHS, _step_fn, main
 
 def test_each_arm_takes_its_path(monkeypatch):
     calls = []
-    fused = F.scaled_dot_product_attention
+    sdpa = F.scaled_dot_product_attention
     monkeypatch.setattr(F, "scaled_dot_product_attention",
-                        lambda *a, **k: calls.append(1) or fused(*a, **k))
-    for name, limit in PATHS.items():
+                        lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    for name, fused in PATHS.items():
         calls.clear()
-        _step_fn(8, 4, False, 1, limit)()
-        assert len(calls) == (0 if limit is None else 1), name
+        _step_fn(8, 4, False, 1, fused)()
+        assert len(calls) == (1 if fused else 0), name
 
 
 def test_quick_mode_prints_both_paths_and_their_ratio(capsys):
