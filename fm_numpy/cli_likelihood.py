@@ -9,7 +9,11 @@ log-density of the same points (the explicit mixture of fm_numpy/analytic.py) is
 reported beside the model's.
 """
 
+import hashlib
+import json
 import math
+import os
+import time
 
 import numpy as np
 
@@ -22,7 +26,8 @@ from .likelihood import (
     to_model_space,
 )
 
-__all__ = ["add_likelihood_arguments", "add_likelihood_parser", "cmd_likelihood", "summarise"]
+__all__ = ["add_likelihood_arguments", "add_likelihood_parser", "cmd_likelihood", "summarise",
+           "run_batches"]
 
 
 def add_likelihood_arguments(p, adaptive="RK45, DOP853", image_method="RK45"):
@@ -54,7 +59,9 @@ def add_likelihood_arguments(p, adaptive="RK45, DOP853", image_method="RK45"):
                    help="class models: log p(x | y) with the true labels (default: null class)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the test points, dequantisation and probes")
-    p.add_argument("--out", default=None, help="also write the results as JSON")
+    p.add_argument("--out", default=None,
+                   help="also write the results as JSON; finished batches are kept in "
+                        "OUT.partial.npz, so a rerun continues an interrupted run")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -152,8 +159,86 @@ def progress_bar(iterable, no_progress):
     return tqdm(iterable, desc="likelihood")
 
 
-def cmd_likelihood(args):
+def _fingerprint(args):
+    """The settings and the model file's SHA-256 that produced a partial file's numbers.
+
+    MNIST's -n is left out: its first test images and their dequantisation do not depend
+    on n (a toy set's fresh points do)."""
+    digest = hashlib.sha256()
+    with open(args.model, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    ignored = {"out", "no_progress", "func", "model"} | ({"n"} if args.data == "mnist" else set())
+    settings = {k: v for k, v in sorted(vars(args).items())
+                if k not in ignored and not callable(v)}
+    return json.dumps({"model_sha256": digest.hexdigest(), **settings}, sort_keys=True,
+                      default=str)
+
+
+def _load_partial(path, fingerprint, n, batch):
+    """(log p of the points done, seconds spent) from a partial file with this fingerprint.
+
+    Points are kept in whole batches unless the file covers all n: an MNIST run with another
+    -n reuses the first batches of one with fewer or more points (the test images, their
+    dequantisation and batch i's probes, seeded seed + i, do not depend on n)."""
+    if path is None or not os.path.exists(path):
+        return np.zeros(0), 0.0
+    from .io import load_npz
+
+    saved = load_npz(path)
+    if "fingerprint" not in saved or str(saved["fingerprint"]) != fingerprint:
+        raise ValueError(f"{path} holds batches of a run with another model or settings: "
+                         "rerun with the same flags, or delete it to start over")
+    log_p = saved["log_p"]
+    done = len(log_p) if len(log_p) == n else min(len(log_p), n) // batch * batch
+    return log_p[:done], float(saved["seconds"])
+
+
+def run_batches(args, n, batch, solve):
+    """log p (n,) of the test points, solve(i, start) giving batch i (points start..start+b).
+
+    With --out the batches done so far are saved atomically to OUT.partial.npz after each
+    batch, with a fingerprint of the model and the settings; a rerun with the same settings
+    continues after the last saved batch and gives the numbers of an uninterrupted run (a
+    whole MNIST test split takes hours on a CPU). The file is removed once the JSON is
+    written (by the caller, through finish_batches). Returns (log_p, seconds, partial path).
+    """
+    from .io import save_npz
+
+    path = None if args.out is None else args.out + ".partial.npz"
+    fingerprint = _fingerprint(args) if path else ""
+    log_p, seconds = _load_partial(path, fingerprint, n, batch)
+    if len(log_p):
+        print(f"continuing from {path}: {len(log_p)} of {n} points done")
+    parts = [log_p]
+    starts = range(len(log_p), n, batch)
+    for start in progress_bar(starts, args.no_progress):
+        begin = time.perf_counter()
+        parts.append(np.asarray(solve(start // batch, start), dtype=np.float64))  # (b,)
+        seconds += time.perf_counter() - begin
+        if path:
+            save_npz(path, log_p=np.concatenate(parts), seconds=np.float64(seconds),
+                     fingerprint=np.array(fingerprint))
+    return np.concatenate(parts), seconds, path
+
+
+def finish_batches(args, result, seconds, partial_path):
+    """Add the timing and solver settings to result, write --out, drop the partial file."""
     from .io import save_json
+
+    result.update({"seconds": seconds, "seconds_per_point": seconds / result["n"],
+                   "method": args.method, "rtol": args.rtol, "atol": args.atol,
+                   "divergence": args.divergence})
+    print(f"time:                {seconds:.1f} s ({seconds / result['n']:.3f} s a point, "
+          f"{args.method}, rtol {args.rtol:g}, atol {args.atol:g})")
+    if args.out:
+        save_json(args.out, result)
+        print(f"wrote {args.out}")
+    if partial_path and os.path.exists(partial_path):
+        os.remove(partial_path)
+
+
+def cmd_likelihood(args):
     from .mlp import MLP
     from .models import load_model
 
@@ -168,16 +253,15 @@ def cmd_likelihood(args):
         raise ValueError(f"the model takes {model.dim} values per point, {args.data} has "
                          f"{x1.shape[1]}")
     use_labels = args.labels and labels is not None and model.num_classes
-    log_p = []
-    for i, start in enumerate(progress_bar(range(0, n, batch), args.no_progress)):
+
+    def solve(i, start):  # batch i: the points start..start+batch, probes seeded seed + i
         y = labels[start:start + batch] if use_labels else None
-        log_p.append(log_likelihood(
+        return log_likelihood(
             model, x1[start:start + batch], method=args.method, steps=args.steps,
             rtol=args.rtol, atol=args.atol, divergence=args.divergence, probe=args.probe,
-            n_probes=args.n_probes, seed=args.seed + i, y=y))
-    log_p = np.concatenate(log_p)
+            n_probes=args.n_probes, seed=args.seed + i, y=y)
+
+    log_p, seconds, partial = run_batches(args, n, batch, solve)
     result = summarise(args.data, log_p, true_log_density(args.data, x1))
-    if args.out:
-        save_json(args.out, result)
-        print(f"wrote {args.out}")
+    finish_batches(args, result, seconds, partial)
     return 0

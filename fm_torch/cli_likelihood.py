@@ -10,13 +10,14 @@ fed (B, 1, 28, 28) images) or an MLP .npz of either package. Exact divergences o
 U-Net take one backward pass per pixel: prefer --divergence hutchinson on a CPU.
 """
 
-import numpy as np
 import torch
 
 from fm_numpy.cli_likelihood import (
     add_likelihood_arguments,
     check_args,
+    finish_batches,
     held_out_data,
+    run_batches,
     summarise,
     true_log_density,
 )
@@ -52,10 +53,6 @@ def load_velocity_model(path, ema=True, device="cpu", dtype=torch.float64):
 
 
 def cmd_likelihood(args):
-    from tqdm import tqdm
-
-    from fm_numpy.io import save_json
-
     n, batch = check_args(args)
     dtype = getattr(torch, args.dtype)
     model = load_velocity_model(args.model, not args.no_ema, args.device, dtype)
@@ -67,9 +64,8 @@ def cmd_likelihood(args):
         raise ValueError(f"the model takes {model.dim} values per point, {args.data} has "
                          f"{x1.shape[1]}")
     use_labels = args.labels and labels is not None and getattr(model, "num_classes", None)
-    log_p = []
-    for i, start in enumerate(tqdm(range(0, n, batch), desc="likelihood",
-                                   disable=args.no_progress)):
+
+    def solve(i, start):  # batch i: the points start..start+batch, probes seeded seed + i
         xb = torch.as_tensor(x1[start:start + batch], dtype=dtype, device=args.device)
         y = None
         if use_labels:
@@ -78,10 +74,9 @@ def cmd_likelihood(args):
             model, xb, method=args.method, steps=args.steps, rtol=args.rtol, atol=args.atol,
             divergence=args.divergence, probe=args.probe, n_probes=args.n_probes,
             seed=args.seed + i, y=y)
-        log_p.append(lp.double().cpu().numpy())
-    log_p = np.concatenate(log_p)
+        return lp.double().cpu().numpy()
+
+    log_p, seconds, partial = run_batches(args, n, batch, solve)
     result = summarise(args.data, log_p, true_log_density(args.data, x1.reshape(n, -1)))
-    if args.out:
-        save_json(args.out, result)
-        print(f"wrote {args.out}")
+    finish_batches(args, result, seconds, partial)
     return 0

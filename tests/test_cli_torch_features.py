@@ -88,6 +88,50 @@ def test_likelihood_of_a_unet_checkpoint_ema_raw_and_float32(unet_ckpt, tmp_path
     assert 0 < abs(f32 - f64) < 1e-3 * abs(f64)
 
 
+def test_an_interrupted_likelihood_continues_to_the_uninterrupted_numbers(unet_ckpt, tmp_path,
+                                                                          monkeypatch, capsys):
+    """A Ctrl-C after batch 1 keeps it in OUT.partial.npz; the rerun (here with more
+    points, -n 6) solves only the rest and reports exactly what one uninterrupted -n 6 run
+    does; other settings are refused in one line (exit 2), the partial file left intact."""
+    import fm_torch.cli_likelihood as cli_lk
+
+    base = [*LIKELIHOOD, "--model", str(unet_ckpt)]
+    base[base.index("-n") + 1] = "6"
+    full = tmp_path / "full.json"
+    assert main([*base, "--out", str(full)]) == 0, capsys.readouterr().err
+    assert not (tmp_path / "full.json.partial.npz").exists()
+
+    calls = []
+
+    def counted(*a, **k):
+        calls.append(k["seed"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return log_likelihood(*a, **k)
+
+    monkeypatch.setattr(cli_lk, "log_likelihood", counted)
+    out, partial = tmp_path / "cut.json", tmp_path / "cut.json.partial.npz"
+    short = list(base)
+    short[short.index("-n") + 1] = "4"
+    assert main([*short, "--out", str(out)]) == 130
+    assert not out.exists() and partial.exists()
+    before = partial.read_bytes()
+    assert main([*base, "--out", str(out), "--steps", "3"]) == 2
+    assert "another model or settings" in capsys.readouterr().err
+    assert partial.read_bytes() == before
+    calls.clear()
+    monkeypatch.setattr(cli_lk, "log_likelihood", lambda *a, **k: calls.append(k["seed"])
+                        or log_likelihood(*a, **k))
+    assert main([*base, "--out", str(out)]) == 0, capsys.readouterr().err
+    assert "2 of 6 points done" in capsys.readouterr().out
+    assert calls == [2, 3]  # batches 1 and 2 (probes seeded seed + i, --seed 1) only
+    resumed, whole = json.loads(out.read_text()), json.loads(full.read_text())
+    assert resumed["n"] == 6 and not partial.exists()
+    assert resumed["mean_log_likelihood"] == whole["mean_log_likelihood"]
+    assert resumed["bits_per_dim"] == whole["bits_per_dim"]
+    assert resumed["seconds_per_point"] > 0 and resumed["method"] == "euler"
+
+
 @pytest.fixture
 def small_mnist(monkeypatch):
     """The judge and the FD reference on 3000 / 1000 images, as tests/test_evaluate.py."""

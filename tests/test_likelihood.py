@@ -420,3 +420,44 @@ def test_mnist_likelihood_defaults_to_an_adaptive_solver():
             chosen[" ".join(extra)] = args.method
         assert chosen == {"": "rk4", "--data mnist": adaptive,
                           "--data mnist --method rk4": "rk4"}
+
+
+def test_numpy_likelihood_continues_an_interrupted_run_of_the_same_points(tmp_path, monkeypatch,
+                                                                          capsys):
+    """fm-numpy likelihood keeps finished batches in OUT.partial.npz: after a Ctrl-C the
+    rerun gives the uninterrupted run's numbers. A toy set's fresh points depend on -n, so
+    a rerun with another -n is refused (one line, exit 2) instead of mixing two draws."""
+    import json
+
+    import fm_numpy.cli_likelihood as cli_lk
+    from fm_numpy.cli import main
+
+    path = tmp_path / "model.npz"
+    MLP(2, hidden=16, depth=2, seed=26).save_npz(path)
+    argv = ["likelihood", "--model", str(path), "--data", "8gaussians", "-n", "20", "--steps",
+            "4", "--batch", "8", "--seed", "5", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "whole.json")]) == 0
+    real, seeds = cli_lk.log_likelihood, []
+
+    def cut(*a, **k):
+        seeds.append(k["seed"])
+        if len(seeds) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(cli_lk, "log_likelihood", cut)
+    out = tmp_path / "cut.json"
+    assert main([*argv, "--out", str(out)]) == 130
+    partial = tmp_path / "cut.json.partial.npz"
+    assert len(np.load(partial)["log_p"]) == 16
+    other_n = list(argv)
+    other_n[other_n.index("-n") + 1] = "24"
+    assert main([*other_n, "--out", str(out)]) == 2
+    assert "another model or settings" in capsys.readouterr().err
+    seeds.clear()
+    assert main([*argv, "--out", str(out)]) == 0
+    assert seeds == [7]  # only the last batch (i = 2) was solved again
+    whole, resumed = (json.loads((tmp_path / n).read_text()) for n in ("whole.json", "cut.json"))
+    assert resumed["mean_log_likelihood"] == whole["mean_log_likelihood"]
+    assert resumed["true_mean_log_density"] == whole["true_mean_log_density"]
+    assert not partial.exists()
