@@ -27,7 +27,7 @@ from .likelihood import (
 )
 
 __all__ = ["add_likelihood_arguments", "add_likelihood_parser", "cmd_likelihood", "summarise",
-           "run_batches"]
+           "run_batches", "finish_batches"]
 
 
 def add_likelihood_arguments(p, adaptive="RK45, DOP853", image_method="RK45"):
