@@ -201,7 +201,8 @@ def run_batches(args, n, batch, solve):
     batch, with a fingerprint of the model and the settings; a rerun with the same settings
     continues after the last saved batch and gives the numbers of an uninterrupted run (a
     whole MNIST test split takes hours on a CPU). The file is removed once the JSON is
-    written (by the caller, through finish_batches). Returns (log_p, seconds, partial path).
+    written (by the caller, through finish_batches) unless it holds more points than n.
+    Returns (log_p, seconds, partial path).
     """
     from .io import save_npz
 
@@ -223,7 +224,8 @@ def run_batches(args, n, batch, solve):
 
 
 def finish_batches(args, result, seconds, partial_path):
-    """Add the timing and solver settings to result, write --out, drop the partial file."""
+    """Add the timing and solver settings to result, write --out, drop the partial file
+    unless it holds more points than this run used."""
     from .io import save_json
 
     result.update({"seconds": seconds, "seconds_per_point": seconds / result["n"],
@@ -234,8 +236,13 @@ def finish_batches(args, result, seconds, partial_path):
     if args.out:
         save_json(args.out, result)
         print(f"wrote {args.out}")
+    # the batches are dropped once the result holds them all; a file of a longer run (this
+    # one used its first n points) is kept for the rerun that finishes it
     if partial_path and os.path.exists(partial_path):
-        os.remove(partial_path)
+        from .io import load_npz
+
+        if len(load_npz(partial_path)["log_p"]) <= result["n"]:
+            os.remove(partial_path)
 
 
 def cmd_likelihood(args):

@@ -130,6 +130,21 @@ def test_an_interrupted_likelihood_continues_to_the_uninterrupted_numbers(unet_c
     assert resumed["mean_log_likelihood"] == whole["mean_log_likelihood"]
     assert resumed["bits_per_dim"] == whole["bits_per_dim"]
     assert resumed["seconds_per_point"] > 0 and resumed["method"] == "euler"
+    # a smaller -n answered from an interrupted longer run keeps its file for the rest
+    calls.clear()
+
+    def cut_after_two(*a, **k):
+        calls.append(k["seed"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return log_likelihood(*a, **k)
+
+    monkeypatch.setattr(cli_lk, "log_likelihood", cut_after_two)
+    assert main([*base, "--out", str(out)]) == 130  # a new run: batches 0 and 1 saved
+    short[short.index("-n") + 1] = "2"
+    assert main([*short, "--out", str(out)]) == 0 and calls == [1, 2, 3]  # nothing solved
+    assert json.loads(out.read_text())["n"] == 2 and partial.exists()
+    assert len(np.load(partial)["log_p"]) == 4
 
 
 @pytest.fixture
