@@ -93,6 +93,8 @@ def test_an_interrupted_likelihood_continues_to_the_uninterrupted_numbers(unet_c
     """A Ctrl-C after batch 1 keeps it in OUT.partial.npz; the rerun (here with more
     points, -n 6) solves only the rest and reports exactly what one uninterrupted -n 6 run
     does; other settings are refused in one line (exit 2), the partial file left intact."""
+    from likelihood_helpers import cut_at
+
     import fm_torch.cli_likelihood as cli_lk
 
     base = [*LIKELIHOOD, "--model", str(unet_ckpt)]
@@ -102,14 +104,7 @@ def test_an_interrupted_likelihood_continues_to_the_uninterrupted_numbers(unet_c
     assert not (tmp_path / "full.json.partial.npz").exists()
 
     calls = []
-
-    def counted(*a, **k):
-        calls.append(k["seed"])
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return log_likelihood(*a, **k)
-
-    monkeypatch.setattr(cli_lk, "log_likelihood", counted)
+    monkeypatch.setattr(cli_lk, "log_likelihood", cut_at(log_likelihood, calls, 2))
     out, partial = tmp_path / "cut.json", tmp_path / "cut.json.partial.npz"
     short = list(base)
     short[short.index("-n") + 1] = "4"
@@ -120,8 +115,7 @@ def test_an_interrupted_likelihood_continues_to_the_uninterrupted_numbers(unet_c
     assert "another model or settings" in capsys.readouterr().err
     assert partial.read_bytes() == before
     calls.clear()
-    monkeypatch.setattr(cli_lk, "log_likelihood", lambda *a, **k: calls.append(k["seed"])
-                        or log_likelihood(*a, **k))
+    monkeypatch.setattr(cli_lk, "log_likelihood", cut_at(log_likelihood, calls))
     assert main([*base, "--out", str(out)]) == 0, capsys.readouterr().err
     assert "2 of 6 points done" in capsys.readouterr().out
     assert calls == [2, 3]  # batches 1 and 2 (probes seeded seed + i, --seed 1) only
@@ -132,14 +126,7 @@ def test_an_interrupted_likelihood_continues_to_the_uninterrupted_numbers(unet_c
     assert resumed["seconds_per_point"] > 0 and resumed["method"] == "euler"
     # a smaller -n answered from an interrupted longer run keeps its file for the rest
     calls.clear()
-
-    def cut_after_two(*a, **k):
-        calls.append(k["seed"])
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return log_likelihood(*a, **k)
-
-    monkeypatch.setattr(cli_lk, "log_likelihood", cut_after_two)
+    monkeypatch.setattr(cli_lk, "log_likelihood", cut_at(log_likelihood, calls, 3))
     assert main([*base, "--out", str(out)]) == 130  # a new run: batches 0 and 1 saved
     short[short.index("-n") + 1] = "2"
     assert main([*short, "--out", str(out)]) == 0 and calls == [1, 2, 3]  # nothing solved

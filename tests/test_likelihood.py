@@ -429,6 +429,8 @@ def test_numpy_likelihood_continues_an_interrupted_run_of_the_same_points(tmp_pa
     a rerun with another -n is refused (one line, exit 2) instead of mixing two draws."""
     import json
 
+    from likelihood_helpers import cut_at
+
     import fm_numpy.cli_likelihood as cli_lk
     from fm_numpy.cli import main
 
@@ -437,15 +439,8 @@ def test_numpy_likelihood_continues_an_interrupted_run_of_the_same_points(tmp_pa
     argv = ["likelihood", "--model", str(path), "--data", "8gaussians", "-n", "20", "--steps",
             "4", "--batch", "8", "--seed", "5", "--no-progress"]
     assert main([*argv, "--out", str(tmp_path / "whole.json")]) == 0
-    real, seeds = cli_lk.log_likelihood, []
-
-    def cut(*a, **k):
-        seeds.append(k["seed"])
-        if len(seeds) == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(cli_lk, "log_likelihood", cut)
+    seeds = []
+    monkeypatch.setattr(cli_lk, "log_likelihood", cut_at(cli_lk.log_likelihood, seeds, 3))
     out = tmp_path / "cut.json"
     assert main([*argv, "--out", str(out)]) == 130
     partial = tmp_path / "cut.json.partial.npz"
