@@ -35,19 +35,24 @@ def load_user_model(path, info, ema=True, map_location="cpu"):
 
 def _draw_samples(model, shape, labels, n, args, device, sink):
     """Integrate n samples (chunked) from seeded noise; sink(x1 rows) in order."""
-    from fm_torch.sampling import sample_in_chunks
+    from fm_torch.sampling import bf16_forward, default_chunk, sample_in_chunks
     from fm_torch.solvers import ClassifierFreeGuidance
 
     g = torch.Generator().manual_seed(args.seed)
 
+    net = bf16_forward(model) if getattr(args, "bf16", False) else model
+
     def field(x, t, y=None):
-        return (ClassifierFreeGuidance(model, y, args.guidance)(x, t) if y is not None
-                else model(x, t, None))
+        return (ClassifierFreeGuidance(net, y, args.guidance)(x, t) if y is not None
+                else net(x, t, None))
 
     y = None if labels is None else torch.from_numpy(labels).to(device)
     t_grid = torch.linspace(0, 1, args.steps + 1, dtype=torch.float64)
+    # sample's --chunk or evaluate's --batch, else the default for images or points
+    chunk = (getattr(args, "chunk", None) or getattr(args, "batch", None)
+             or default_chunk(len(shape) >= 2, device))
     sample_in_chunks(field, lambda k: torch.randn((k, *shape), generator=g).to(device), t_grid,
-                     args.method, getattr(args, "chunk", 1024), y=y, n=n, sink=sink)
+                     args.method, chunk, y=y, n=n, sink=sink)
 
 
 def sample_user_run(args, info):

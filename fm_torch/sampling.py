@@ -12,20 +12,49 @@ import torch
 from fm_numpy.sampling import DEFAULT_CHUNK, NpzStreamWriter, _check_chunk, check_output_fits
 from fm_torch.solvers import odeint
 
-__all__ = ["DEFAULT_CHUNK", "sample", "sample_in_chunks", "check_output_fits",
-           "NpzStreamWriter"]
+__all__ = ["DEFAULT_CHUNK", "IMAGE_CHUNK_CPU", "default_chunk", "sample", "bf16_forward",
+           "sample_in_chunks", "check_output_fits", "NpzStreamWriter"]
+
+# Images integrated at a time by a U-Net on a CPU: the activations of 100 MNIST images stay
+# in cache, 2x faster an image than 500 (docs/benchmarks.md, "Sampling on a CPU").
+IMAGE_CHUNK_CPU = 100
+
+
+def default_chunk(images, device):
+    """Rows integrated at a time when the user names none: IMAGE_CHUNK_CPU for images on a
+    CPU, DEFAULT_CHUNK otherwise (points, or a GPU, where larger batches keep it busy)."""
+    return IMAGE_CHUNK_CPU if images and torch.device(device).type == "cpu" else DEFAULT_CHUNK
+
+
+def bf16_forward(model):
+    """model(x, t, y) with the network under bf16 autocast and its output cast back to x's
+    dtype: the matrix products run in bf16, the ODE state and the solver's steps stay in
+    x's dtype (float32 for images), so rounding enters only through v."""
+
+    def forward(x, t, y=None):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            v = model(x, t, y)  # (B, ...) bf16
+        return v.to(x.dtype)
+
+    return forward
 
 
 @torch.no_grad()
-def sample(model, x0, y=None, guidance=1.0, method="midpoint", steps=20, return_nfe=False):
+def sample(model, x0, y=None, guidance=1.0, method="midpoint", steps=20, return_nfe=False,
+           bf16=False):
     """Integrate dx/dt = v(x, t) from x0 (t=0) to t=1 on a uniform grid of `steps` intervals.
 
     With labels y, v is classifier-free guided: v_uncond + w (v_cond - v_uncond).
     A MeanFlow model with method "euler" takes `steps` average-velocity steps instead
     (fm_torch.meanflow.sample; NFE = steps); a diffusion model's flow starts at its t_min
-    (its own flow_sample). Returns the trajectory (steps + 1, *x0.shape) [and the NFE].
+    (its own flow_sample). bf16: the network under bf16 autocast (bf16_forward; flow
+    matching models only). Returns the trajectory (steps + 1, *x0.shape) [and the NFE].
     """
     from fm_torch.solvers import ClassifierFreeGuidance
+
+    if bf16 and (hasattr(model, "flow_sample") or getattr(model, "mean_flow", False)):
+        raise ValueError("bf16 sampling is for flow-matching models; sample this diffusion "
+                         "or MeanFlow model in its own precision")
 
     if hasattr(model, "flow_sample"):  # a diffusion model's flow starts at t_min
         return model.flow_sample(x0, y, guidance, method, steps, return_nfe)
@@ -36,6 +65,8 @@ def sample(model, x0, y=None, guidance=1.0, method="midpoint", steps=20, return_
         return (xs, int(steps)) if return_nfe else xs
     if int(steps) < 1:
         raise ValueError(f"steps must be a positive integer, got {steps}")
+    if bf16:
+        model = bf16_forward(model)
     v = ClassifierFreeGuidance(model, y, guidance) if y is not None else (
         lambda x, t: model(x, t, None))
     t_grid = torch.linspace(0, 1, int(steps) + 1, dtype=torch.float64)

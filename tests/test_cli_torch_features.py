@@ -270,3 +270,73 @@ def test_reflow_of_a_class_teacher_with_guidance(unet_ckpt, tmp_path, capsys):
                        "euler")[-1]
     np.testing.assert_allclose(x1, end.numpy(), rtol=1e-4, atol=1e-5)
     assert (end - plain).abs().max() > 1e-3  # guidance 3 moved the pairs
+
+
+def test_evaluate_bf16_and_batch(unet_ckpt, small_mnist, tmp_path, monkeypatch, capsys):
+    """--batch changes how many images are integrated at a time, not the images (the FD of
+    batches of 3 equals that of one batch); --bf16 runs the network under bf16 autocast:
+    its images differ from fp32's by bf16 rounding only, the ODE state stays float32, and
+    it is recorded; --bf16 with --samples (nothing to sample) is one line, exit 2."""
+    reference = (small_mnist["train"], small_mnist["test"])
+    kit = ev.load_or_train_classifier(cache_dir=tmp_path / "judge", steps=30, width=8, seed=0,
+                                      progress=False, data=reference)
+    monkeypatch.setattr(cli_ev, "load_or_train_classifier", lambda steps, progress=True: kit)
+    common = ["evaluate", "--model", str(unet_ckpt), "--n", "10", "--steps", "2", "--method",
+              "euler", "--guidance", "1.5", "--no-progress"]
+    runs = {}
+    for name, extra in {"one": [], "threes": ["--batch", "3"], "bf16": ["--bf16"]}.items():
+        out = tmp_path / f"{name}.json"
+        assert main([*common, *extra, "--out", str(out)]) == 0, capsys.readouterr().err
+        runs[name] = json.loads(out.read_text())
+    assert (runs["one"]["batch"], runs["threes"]["batch"]) == (cli_ev.SAMPLE_BATCH, 3)
+    assert runs["threes"]["fd"] == pytest.approx(runs["one"]["fd"], rel=1e-6)
+    assert runs["bf16"]["bf16"] is True and runs["one"]["bf16"] is False
+    assert runs["bf16"]["fd"] != runs["one"]["fd"]
+
+    model, _ = load_model(unet_ckpt, ema=True)
+    fp32, _, _ = cli_ev.sample_images(model, 10, 1.5, "euler", 2, 0)
+    bf16, _, _ = cli_ev.sample_images(model, 10, 1.5, "euler", 2, 0, bf16=True)
+    assert fp32.dtype == bf16.dtype == np.float32
+    diff = np.abs(bf16 - fp32)  # (10, 28, 28), pixels in [0, 1]
+    assert 0 < diff.mean() < 5e-3 and diff.max() < 5e-2, (diff.mean(), diff.max())
+
+    capsys.readouterr()
+    samples = tmp_path / "s.npz"
+    np.savez(samples, images=fp32, labels=np.arange(10) % 10)
+    assert main(["evaluate", "--samples", str(samples), "--bf16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--bf16" in err[0], err
+
+
+def test_bf16_sampling_refuses_models_with_their_own_sampler():
+    """bf16 autocast wraps a flow-matching field; a MeanFlow or diffusion model's sampler
+    calls its network its own way, so bf16 is refused there rather than silently ignored."""
+    from fm_torch.sampling import sample
+
+    class MeanFlowLike(torch.nn.Module):
+        mean_flow = True
+
+    x0 = torch.zeros(2, 2)
+    with pytest.raises(ValueError, match="bf16 sampling is for flow-matching models"):
+        sample(MeanFlowLike(), x0, bf16=True)
+
+
+def test_sample_chunk_default_and_bf16(unet_ckpt, tmp_path, capsys):
+    """fm-torch sample on MNIST: the default chunk on a CPU (IMAGE_CHUNK_CPU) and --chunk 7
+    give the same images (x0 is one draw either way); --bf16 moves them by bf16 rounding
+    only."""
+    from fm_numpy.io import load_npz
+    from fm_torch.sampling import IMAGE_CHUNK_CPU, default_chunk
+
+    assert default_chunk(True, "cpu") == IMAGE_CHUNK_CPU < default_chunk(False, "cpu")
+    got = {}
+    for name, extra in {"default": [], "sevens": ["--chunk", "7"], "bf16": ["--bf16"]}.items():
+        argv = ["sample", "--model", str(unet_ckpt), "--per-class", "12", "--steps", "2",
+                "--method", "euler", "--guidance", "1.5", "--out", str(tmp_path / f"{name}.png"),
+                "--npz", str(tmp_path / f"{name}.npz"), *extra]
+        assert main(argv) == 0, capsys.readouterr().err
+        got[name] = load_npz(tmp_path / f"{name}.npz")["images"]  # (120, 28, 28)
+    assert 120 > IMAGE_CHUNK_CPU  # the default run integrated more than one chunk
+    np.testing.assert_allclose(got["sevens"], got["default"], rtol=0, atol=1e-6)
+    diff = np.abs(got["bf16"] - got["default"])
+    assert 0 < diff.mean() < 5e-3 and diff.max() < 5e-2, (diff.mean(), diff.max())
