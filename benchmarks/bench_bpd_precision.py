@@ -24,11 +24,9 @@ def bits_per_dim_of(model, images, bf16, rtol, atol, seed=0):
     import torch
 
     from fm_torch.likelihood import mnist_log_likelihood
+    from fm_torch.sampling import bf16_forward
 
-    def v(x, t, y=None):  # the field the likelihood integrates, its output back in float32
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = model(x, t, y)
-        return out.float()
+    v = bf16_forward(model) if bf16 else model  # bf16: its output back in the state's float32
 
     start = time.perf_counter()
     _, bpd = mnist_log_likelihood(v, images, rng=seed, flatten=False, dtype=torch.float32,

@@ -23,7 +23,7 @@ import time
 import traceback
 
 BENCHMARKS = ["solvers", "mlp_step", "sampling", "oracle", "unet", "numpy_unet", "diffusion",
-              "libraries", "mnist", "conformance", "fewstep"]
+              "libraries", "mnist", "conformance", "fewstep", "sample_cpu"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, "docs", "benchmarks.md")
 BEGIN = "<!-- bench:begin (written by python -m benchmarks.run; edits here are replaced) -->"
