@@ -27,7 +27,7 @@ from .likelihood import (
 )
 
 __all__ = ["add_likelihood_arguments", "add_likelihood_parser", "cmd_likelihood", "summarise",
-           "run_batches", "finish_batches"]
+           "run_batches", "finish_batches", "scored_points"]
 
 
 def add_likelihood_arguments(p, adaptive="RK45, DOP853", image_method="RK45"):
@@ -37,9 +37,10 @@ def add_likelihood_arguments(p, adaptive="RK45, DOP853", image_method="RK45"):
     images of a trained U-Net, rk4 with 25, 50, 100, 200 fixed steps gave -0.16, 0.96,
     1.36, 1.49 bits/dim against dopri5's 1.45 (docs/benchmarks.md, "The full MNIST run on
     the CPU"): the divergence changes fast near t = 1."""
-    p.add_argument("--data", default="8gaussians",
+    p.add_argument("--data", default=None,
                    help="mnist (test split) or a 2-D toy set: moons, 8gaussians, checkerboard, "
-                        "spirals, circles (fresh points drawn with --seed)")
+                        "spirals, circles (fresh points drawn with --seed; default "
+                        "8gaussians); a run on your own vectors scores its held-out rows")
     p.add_argument("-n", type=int, default=None,
                    help="number of test points (default 1000; mnist 100)")
     p.add_argument("--method", default=None,
@@ -92,6 +93,38 @@ def held_out_data(name, n, seed):
     return sample_toy(name, n, np.random.default_rng(seed)), None
 
 
+def user_held_out(info, n):
+    """(z (n, D) float64, labels or None, log |det dz/dx|) of the first n held-out rows of a
+    run on the user's vectors (data.json: info), in model space z = (x - mean) / std.
+
+    The model's density is over z; in the data's units log p_x(x) = log p_z(z) + log |det
+    dz/dx| (the scaling's log_abs_det). Images are refused: their pixels are discrete and
+    would need a dequantisation of their own."""
+    from .holdout import _encode_rows
+    from .userdata import UserData
+
+    data = UserData.from_info(info)
+    if data.rec.kind != "vectors":
+        raise ValueError(f"likelihood scores runs on your own vectors; {info['file']['path']}"
+                         " holds images (use `evaluate` for their held-out distances)")
+    m = len(data.val_idx)
+    if m == 0:
+        raise ValueError("the run held out no data (--val-fraction 0): nothing to score")
+    if n > m:
+        raise ValueError(f"-n {n} exceeds the run's {m} held-out rows")
+    z = _encode_rows(data.val, np.arange(n), data.scaling)  # (n, D)
+    labels = data.labels(data.val_idx[:n])
+    return z, labels, data.scaling.log_abs_det()
+
+
+def scored_points(args, n, info=None):
+    """(x1 in model space (n, D) float64, labels or None, log |det dz/dx| or None): the
+    held-out rows of a run on the user's data (info), else held_out_data(--data)."""
+    if info is not None:
+        return user_held_out(info, n)
+    return (*held_out_data(args.data, n, args.seed), None)
+
+
 def true_log_density(name, x1):
     """The exact log-density of the toy set at x1 where one is known (8gaussians), else None."""
     if name != "8gaussians":
@@ -111,13 +144,21 @@ def _pm(se):
     return f" +- {se:.4f}" if se is not None else ""
 
 
-def summarise(name, log_p, true_lp=None):
+def summarise(name, log_p, true_lp=None, log_det=None):
     """Mean and standard error (None for one point) of log p, and of bpd for mnist, as a
-    dict; printed one per line."""
+    dict; printed one per line. log_det: a user run's log |det dz/dx|, which turns the
+    model-space log p_z into the data's units (log p_x = log p_z + log_det)."""
     n = len(log_p)
     mean, se = _mean_and_stderr(log_p)
     result = {"data": name, "n": n, "mean_log_likelihood": mean, "stderr_log_likelihood": se}
-    print(f"mean log-likelihood: {mean:.4f}{_pm(se)} (n = {n})")
+    print(f"mean log-likelihood: {mean:.4f}{_pm(se)} (n = {n}"
+          f"{', held-out rows, standardised features' if log_det is not None else ''})")
+    if log_det is not None:
+        result["space"] = "standardised features"
+        result["log_abs_det"] = log_det
+        result["mean_log_likelihood_data_units"] = mean + log_det
+        print(f"in the data's units: {mean + log_det:.4f}{_pm(se)} (log p_x = log p_z "
+              f"{log_det:+.4f}, the scaling's log |det dz/dx|)")
     if name == "mnist":
         mean, se = _mean_and_stderr(bits_per_dim(np.asarray(log_p), 784))
         result["bits_per_dim"], result["stderr_bits_per_dim"] = mean, se
@@ -130,11 +171,23 @@ def summarise(name, log_p, true_lp=None):
     return result
 
 
-def check_args(args):
-    """(n, batch) of the command line, checked; fills in the default --method."""
+def check_args(args, info=None):
+    """(n, batch) of the command line, checked; fills in the default --data and --method.
+    info: the data.json of a run on the user's data (then --data must be left out)."""
+    if info is not None:
+        if args.data is not None:
+            raise ValueError(f"{args.model} was trained on {info['file']['path']}: leave out "
+                             "--data, likelihood scores that run's held-out rows")
+        args.data = os.path.basename(info["file"]["path"])
+        dim = int(np.prod(info["file"]["shape"]))
+    elif args.data is None:
+        args.data = "8gaussians"
     if args.method is None:
         args.method = args.image_method if args.data == "mnist" else "rk4"
-    n = args.n if args.n is not None else (100 if args.data == "mnist" else 1000)
+    default_n = 100 if args.data == "mnist" else 1000
+    if info is not None:  # at most the run's held-out rows
+        default_n = min(default_n, int(info["split"].get("n_val", default_n))) or 1
+    n = args.n if args.n is not None else default_n
     batch = args.batch if args.batch is not None else (10 if args.data == "mnist" else 500)
     for flag, value in (("-n", n), ("--batch", batch), ("--steps", args.steps),
                         ("--n-probes", args.n_probes)):
@@ -144,7 +197,8 @@ def check_args(args):
 
     # held in memory: the test points (float64) with a dequantised copy for mnist, and the
     # per-point results; one batch's ODE state is small beside them
-    dim = 784 if args.data == "mnist" else 2
+    if info is None:
+        dim = 784 if args.data == "mnist" else 2
     check_memory(n * (3 * dim + 4) * 8, f"-n {n}")
     return n, batch
 
@@ -248,14 +302,16 @@ def finish_batches(args, result, seconds, partial_path):
 def cmd_likelihood(args):
     from .mlp import MLP
     from .models import load_model
+    from .userdata import run_data_info
 
-    n, batch = check_args(args)
+    info = run_data_info(args.model)
+    n, batch = check_args(args, info)
+    x1, labels, log_det = scored_points(args, n, info)  # (n, D)
     model = load_model(args.model, dtype=np.float64)
     if not isinstance(model, MLP):  # the divergence needs the MLP's forward-mode jvp
         raise ValueError(f"{args.model} holds a {model.config['arch']!r} network; fm-numpy "
                          "likelihood needs an MLP (its forward-mode JVP gives the divergence): "
                          "train one with --arch mlp")
-    x1, labels = held_out_data(args.data, n, args.seed)
     if x1.shape[1] != model.dim:
         raise ValueError(f"the model takes {model.dim} values per point, {args.data} has "
                          f"{x1.shape[1]}")
@@ -269,6 +325,6 @@ def cmd_likelihood(args):
             n_probes=args.n_probes, seed=args.seed + i, y=y)
 
     log_p, seconds, partial = run_batches(args, n, batch, solve)
-    result = summarise(args.data, log_p, true_log_density(args.data, x1))
+    result = summarise(args.data, log_p, true_log_density(args.data, x1), log_det)
     finish_batches(args, result, seconds, partial)
     return 0

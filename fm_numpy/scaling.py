@@ -42,6 +42,10 @@ class Identity:
     def decode(self, z):
         return np.asarray(z)
 
+    def log_abs_det(self):
+        """log |det dz/dx| = 0 (the change of variables of a likelihood)."""
+        return 0.0
+
     def to_json(self):
         return {"kind": self.kind}
 
@@ -91,6 +95,10 @@ class Standardize:
         x = np.asarray(z, dtype=np.float64) * self.std + self.mean  # (B, D)
         out = np.dtype(self.dtype) if np.dtype(self.dtype).kind == "f" else np.float64
         return x.astype(out)
+
+    def log_abs_det(self):
+        """log |det dz/dx| = -sum_d log std_d, so log p_x(x) = log p_z(z) + log_abs_det()."""
+        return float(-np.sum(np.log(self.std)))
 
     def to_json(self):
         return {"kind": self.kind, "mean": self.mean.tolist(), "std": self.std.tolist(),

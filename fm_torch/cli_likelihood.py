@@ -16,8 +16,8 @@ from fm_numpy.cli_likelihood import (
     add_likelihood_arguments,
     check_args,
     finish_batches,
-    held_out_data,
     run_batches,
+    scored_points,
     summarise,
     true_log_density,
 )
@@ -39,9 +39,14 @@ def add_likelihood_parser(subparsers):
     p.set_defaults(func=cmd_likelihood)
 
 
-def load_velocity_model(path, ema=True, device="cpu", dtype=torch.float64):
-    """The model of a ckpt.pt (fm_torch.train.load_model) or of an MLP .npz, in eval mode."""
-    if str(path).endswith(".npz"):
+def load_velocity_model(path, ema=True, device="cpu", dtype=torch.float64, info=None):
+    """The model of a ckpt.pt (fm_torch.train.load_model; a run on the user's data, info:
+    its data.json, through cli_userdata.load_user_model) or of an MLP .npz, in eval mode."""
+    if info is not None and not str(path).endswith(".npz"):
+        from .cli_userdata import load_user_model
+
+        model, _ = load_user_model(path, info, ema)
+    elif str(path).endswith(".npz"):
         from .models.mlp import MLP
 
         model = MLP.from_npz(path, dtype=dtype)  # time frequencies computed in dtype
@@ -53,10 +58,13 @@ def load_velocity_model(path, ema=True, device="cpu", dtype=torch.float64):
 
 
 def cmd_likelihood(args):
-    n, batch = check_args(args)
+    from fm_numpy.userdata import run_data_info
+
+    info = run_data_info(args.model)
+    n, batch = check_args(args, info)
+    x1, labels, log_det = scored_points(args, n, info)  # (n, D) float64, numpy
     dtype = getattr(torch, args.dtype)
-    model = load_velocity_model(args.model, not args.no_ema, args.device, dtype)
-    x1, labels = held_out_data(args.data, n, args.seed)  # (n, D) float64, numpy
+    model = load_velocity_model(args.model, not args.no_ema, args.device, dtype, info)
     image_model = not hasattr(model, "dim")  # the U-Net takes (B, 1, 28, 28)
     if image_model:
         x1 = x1.reshape(n, 1, 28, 28)
@@ -77,6 +85,7 @@ def cmd_likelihood(args):
         return lp.double().cpu().numpy()
 
     log_p, seconds, partial = run_batches(args, n, batch, solve)
-    result = summarise(args.data, log_p, true_log_density(args.data, x1.reshape(n, -1)))
+    result = summarise(args.data, log_p, true_log_density(args.data, x1.reshape(n, -1)),
+                       log_det)
     finish_batches(args, result, seconds, partial)
     return 0

@@ -126,6 +126,47 @@ def test_image_folder_end_to_end(tmp_path, package, monkeypatch):
                                     "--steps", "2"])
     assert code == 0, err
     assert "nearest training image" in out
+    code, _, err = _run(package, ["likelihood", "--model", str(model), "-n", "2"])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "holds images" in err, err
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_likelihood_of_held_out_rows_in_the_data_units(tmp_path, package):
+    """likelihood of a run on the user's vectors scores its held-out rows: in model space
+    (standardised) and in the data's units, log p_x = log p_z - sum_d log std_d. Checked by
+    the change of variables itself: the same table scaled by c standardises to the same
+    rows, so the same training gives the same log p_z, and log p_x moves by -D log c.
+    --data beside such a run is one line, exit 2."""
+    x, label = _table(tmp_path / "t.csv")
+    c = 10.0
+    with open(tmp_path / "t10.csv", "w") as f:
+        f.write("a,kind,b\n")
+        for row in zip(c * x[:, 0], label, c * x[:, 1], strict=True):
+            f.write(f"{float(row[0])!r},{row[1]},{float(row[2])!r}\n")
+    results = {}
+    for name in ("t", "t10"):
+        run = tmp_path / name
+        code, _, err = _run(package, ["train", "--data", str(tmp_path / f"{name}.csv"),
+                                      "--label-column", "kind", "--val-fraction", "0.25",
+                                      "--out", str(run), *_train_args(package, 40)])
+        assert code == 0, err
+        model = run / ("model.npz" if package == "fm_numpy" else "ckpt.pt")
+        code, out, err = _run(package, ["likelihood", "--model", str(model), "--steps", "8",
+                                        "--no-progress", "--out", str(tmp_path / f"{name}.json")])
+        assert code == 0, err
+        results[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    r, r10 = results["t"], results["t10"]
+    assert r["n"] == 60 and r["space"] == "standardised features"  # every held-out row
+    train_idx, _ = split_indices(240, 0.25, seed=0)
+    assert r["log_abs_det"] == pytest.approx(-np.log(x[train_idx].std(0)).sum(), rel=1e-9)
+    assert r["mean_log_likelihood_data_units"] == pytest.approx(
+        r["mean_log_likelihood"] + r["log_abs_det"], rel=1e-12)
+    assert r10["mean_log_likelihood"] == pytest.approx(r["mean_log_likelihood"], abs=1e-4)
+    assert (r10["mean_log_likelihood_data_units"] - r["mean_log_likelihood_data_units"]
+            == pytest.approx(-2 * np.log(c), abs=1e-4))
+    model = tmp_path / "t" / ("model.npz" if package == "fm_numpy" else "ckpt.pt")
+    code, _, err = _run(package, ["likelihood", "--model", str(model), "--data", "moons"])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "leave out --data" in err, err
 
 
 BAD = [("t.csv", "a,b\n1,2\n3,x\n", "'x' is not a number"),
