@@ -439,7 +439,9 @@ def _run(args, prog, diverged_error):
     except Terminated:
         raise
     except KeyboardInterrupt:
-        sys.stderr.write(f"{prog}: interrupted; the last checkpoint is kept\n")
+        kept = getattr(args, "kept_on_interrupt", None)  # a command's own account, if any
+        sys.stderr.write(f"{prog}: interrupted; "
+                         f"{kept(args) if kept else 'the last checkpoint is kept'}\n")
         return 130
 
 

@@ -27,7 +27,7 @@ from .likelihood import (
 )
 
 __all__ = ["add_likelihood_arguments", "add_likelihood_parser", "cmd_likelihood", "summarise",
-           "run_batches", "finish_batches", "scored_points"]
+           "run_batches", "finish_batches", "scored_points", "kept_batches"]
 
 
 def add_likelihood_arguments(p, adaptive="RK45, DOP853", image_method="RK45"):
@@ -64,6 +64,15 @@ def add_likelihood_arguments(p, adaptive="RK45, DOP853", image_method="RK45"):
                    help="also write the results as JSON; finished batches are kept in "
                         "OUT.partial.npz, so a rerun continues an interrupted run")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(kept_on_interrupt=kept_batches)
+
+
+def kept_batches(args):
+    """What an interrupted likelihood leaves (the one line after Ctrl-C)."""
+    if args.out is None:
+        return "nothing is kept (with --out OUT finished batches are kept for a rerun)"
+    return (f"the finished batches are kept in {args.out}.partial.npz; the same command "
+            "continues them")
 
 
 def add_likelihood_parser(subparsers):

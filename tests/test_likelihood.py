@@ -444,6 +444,8 @@ def test_numpy_likelihood_continues_an_interrupted_run_of_the_same_points(tmp_pa
     out = tmp_path / "cut.json"
     assert main([*argv, "--out", str(out)]) == 130
     partial = tmp_path / "cut.json.partial.npz"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"kept in {partial}" in err[0], err
     assert len(np.load(partial)["log_p"]) == 16
     other_n = list(argv)
     other_n[other_n.index("-n") + 1] = "24"
