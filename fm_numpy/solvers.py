@@ -20,6 +20,7 @@ __all__ = [
     "rk4_step",
     "odeint",
     "ClassifierFreeGuidance",
+    "check_guidance_interval",
 ]
 
 
@@ -129,22 +130,41 @@ def odeint(v, x0, t_grid, method="euler", return_nfe=False, rtol=1e-5, atol=1e-5
     return (xs, v.nfe) if return_nfe else xs
 
 
+def check_guidance_interval(interval):
+    """(t_lo, t_hi) as floats with 0 <= t_lo <= t_hi <= 1, or None; anything else is refused."""
+    if interval is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in interval)
+    except (TypeError, ValueError):
+        raise ValueError(f"a guidance interval is two times t_lo, t_hi, got {interval!r}") from None
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ValueError(f"a guidance interval needs 0 <= t_lo <= t_hi <= 1, got {lo:g}, {hi:g}")
+    return lo, hi
+
+
 class ClassifierFreeGuidance:
     """v(x, t) = v_uncond + w (v_cond - v_uncond) of a conditional model(x, t, y).
 
     `model(x, t, None)` is the unconditional (null-class) field. w = 1 is the conditional
     model and w = 0 the unconditional one; both are evaluated once, not twice.
+    interval (t_lo, t_hi): guide only for t_lo <= t <= t_hi and take the conditional field
+    (w = 1, one evaluation) elsewhere: guidance near the noise (t -> 0) narrows the
+    samples, near the data it adds little (Kynkaenniemi et al. 2024; docs/math.md).
     """
 
-    def __init__(self, model, y, guidance=1.0):
+    def __init__(self, model, y, guidance=1.0, interval=None):
         self.model = model
         self.y = y
         self.guidance = float(guidance)
         if not math.isfinite(self.guidance):
             raise ValueError(f"guidance must be a finite number, got {guidance}")
+        self.interval = check_guidance_interval(interval)
 
     def __call__(self, x, t):
         w = self.guidance
+        if self.interval is not None and not self.interval[0] <= float(t) <= self.interval[1]:
+            w = 1.0  # outside the interval: the conditional field
         if w == 1.0:
             return self.model(x, t, self.y)
         v_uncond = self.model(x, t, None)

@@ -132,6 +132,9 @@ def add_sample_parser(subparsers):
     p.add_argument("--steps", type=int, default=20, help="fixed-grid steps (default 20)")
     p.add_argument("--guidance", type=float, default=2.0,
                    help="classifier-free guidance w: 1 = conditional, 0 = unconditional")
+    p.add_argument("--guidance-interval", metavar="LO,HI",
+                   help="guide only for LO <= t <= HI (t = 0 noise, 1 data), conditional "
+                        "elsewhere (default: guide everywhere)")
     p.add_argument("--per-class", type=int, default=10, help="images per class (MNIST)")
     p.add_argument("-n", type=int, default=2000, help="number of samples (2-D data)")
     p.add_argument("--seed", type=int, default=0)
@@ -208,6 +211,9 @@ def cmd_sample(args):
     if not args.out.lower().endswith(".png"):
         raise ValueError(f"--out must name a .png file, got {args.out!r}")
     from fm_numpy.userdata import run_data_info
+    from fm_torch.cli_evaluate import guidance_interval_of
+
+    args.guidance_interval = guidance_interval_of(args)
 
     info = run_data_info(args.model)
     if info is not None:  # a run on the user's own data: samples in the data's units
@@ -221,9 +227,9 @@ def cmd_sample(args):
 
     chosen = sampler_for(checkpoint, args)  # a DDPM: its flow ODE (--as-flow) or DDIM
     whole = chosen is not sample or getattr(model, "mean_flow", False)
-    if args.bf16 and whole:
-        raise ValueError("--bf16 is for flow-matching models; this diffusion or MeanFlow "
-                         "model samples in its own precision")
+    if (args.bf16 or args.guidance_interval) and whole:
+        raise ValueError("--bf16 and --guidance-interval are for flow-matching models; this "
+                         "diffusion or MeanFlow model samples its own way")
     if args.chunk is None:
         args.chunk = default_chunk(checkpoint["config"]["data"] == "mnist", device)
     _check_sample_fits(args, checkpoint["config"]["data"] == "mnist", whole)
@@ -249,8 +255,8 @@ def cmd_sample(args):
 
     def field(x, t, y=None):
         calls[0] += 1
-        return (ClassifierFreeGuidance(net, y, args.guidance)(x, t) if y is not None
-                else net(x, t, None))
+        return (ClassifierFreeGuidance(net, y, args.guidance, args.guidance_interval)(x, t)
+                if y is not None else net(x, t, None))
 
     t_grid = torch.linspace(0, 1, args.steps + 1, dtype=torch.float64)
     y_all = torch.arange(n, device=device) // args.per_class if mnist else None  # class rows
@@ -279,8 +285,8 @@ def cmd_sample(args):
         save_image_grid(args.out, np.concatenate(kept), rows=10)
         # trajectory strip: one sample per class (rows), t = 0, 0.1, ..., 1 (columns)
         xs = sample(model, x0_head.to(device), y_all[torch.from_numpy(traced).to(device)],
-                    args.guidance, args.method, args.steps,
-                    bf16=args.bf16)  # (steps+1, 10, 1, 28, 28)
+                    args.guidance, args.method, args.steps, bf16=args.bf16,
+                    guidance_interval=args.guidance_interval)  # (steps+1, 10, 1, 28, 28)
         strip = ((xs[:, :, 0].clamp(-1, 1) + 1) / 2).cpu().numpy()[_strip_indices(args.steps)]
         save_image_grid(stem + "_trajectory.png", strip.transpose(1, 0, 2, 3).reshape(-1, 28, 28),
                         rows=10)  # (11, 10, 28, 28) -> rows of one class

@@ -25,7 +25,7 @@ def cmd_animate(args):
     """Write args.animate for the checkpoint of args.model (the sample command's arguments)."""
     from fm_numpy.userdata import run_data_info
     from fm_torch.cli_diffusion import sampler_for
-    from fm_torch.train import load_model
+    from fm_torch.train import load_model, sample
 
     device = torch.device(args.device)
     model, checkpoint = load_model(args.model, ema=not args.no_ema, map_location=device)
@@ -44,8 +44,12 @@ def cmd_animate(args):
     x0 = torch.randn((B, *shape), generator=g).to(device)  # (B, ...)
     y = None if labels is None else torch.from_numpy(labels).to(device)  # (B,)
     chosen = sampler_for(checkpoint, args)
+    # the frames of the samples `sample` drew: its precision and guidance interval
+    same_as_sample = {"bf16": getattr(args, "bf16", False),
+                      "guidance_interval": getattr(args, "guidance_interval", None)}
     with torch.no_grad():
-        xs = chosen(model, x0, y, args.guidance, args.method, args.steps)  # (K, B, ...)
+        xs = chosen(model, x0, y, args.guidance, args.method, args.steps,
+                    **(same_as_sample if chosen is sample else {}))  # (K, B, ...)
     t_grid = np.linspace(0.0, 1.0, len(xs))
     if image:
         animate_images(args.animate, xs, num_classes or 8, t_grid)

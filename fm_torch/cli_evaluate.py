@@ -27,7 +27,8 @@ __all__ = ["sample_images", "evaluate_checkpoint", "evaluate_samples", "add_eval
 
 @torch.no_grad()
 def sample_images(model, n, guidance=1.0, method="midpoint", steps=20, seed=0,
-                  batch_size=SAMPLE_BATCH, device="cpu", progress=False, bf16=False):
+                  batch_size=SAMPLE_BATCH, device="cpu", progress=False, bf16=False,
+                  guidance_interval=None):
     """n class-conditional MNIST samples, classes 0..9 in turn (y_i = i mod 10).
 
     x0 ~ N(0, I) from torch.Generator(seed), integrated by fm_torch.train.sample with
@@ -47,8 +48,8 @@ def sample_images(model, n, guidance=1.0, method="midpoint", steps=20, seed=0,
     bar = _progress(n, "sampling", progress)
     for i in range(0, n, batch_size):
         xs, nfe = sample(model, x0[i:i + batch_size].to(device), y[i:i + batch_size].to(device),
-                         guidance, method, steps, return_nfe=True,
-                         bf16=bf16)  # (steps+1, b, 1, 28, 28)
+                         guidance, method, steps, return_nfe=True, bf16=bf16,
+                         guidance_interval=guidance_interval)  # (steps+1, b, 1, 28, 28)
         images.append(((xs[-1, :, 0].clamp(-1, 1) + 1) / 2).float().cpu())
         bar.update(len(xs[-1]))
     bar.close()
@@ -58,12 +59,13 @@ def sample_images(model, n, guidance=1.0, method="midpoint", steps=20, seed=0,
 def evaluate_checkpoint(path, n=1000, guidance=1.0, method="midpoint", steps=20, seed=0,
                         ema=True, judge_steps=DEFAULT_CLASSIFIER_STEPS, device="cpu",
                         progress=True, classifier=None, info=None, reference=None, memo=None,
-                        bf16=False, batch_size=SAMPLE_BATCH):
+                        bf16=False, batch_size=SAMPLE_BATCH, guidance_interval=None):
     """Sample n images from an fm-torch MNIST checkpoint and judge them (see mnist_metrics).
 
     Adds "nfe" (evaluations of the guided velocity field along one trajectory),
-    "model_calls" (network evaluations: 2 per NFE when w is neither 0 nor 1, since
-    guidance needs v_cond and v_uncond), "sample_seconds", and the sampling settings.
+    "model_calls" (network evaluations along one trajectory, counted: 2 per NFE where w is
+    neither 0 nor 1, since guidance needs v_cond and v_uncond, 1 outside a
+    guidance_interval), "sample_seconds", and the sampling settings.
     """
     from fm_torch.train import load_model
 
@@ -73,17 +75,26 @@ def evaluate_checkpoint(path, n=1000, guidance=1.0, method="midpoint", steps=20,
                          "judges MNIST checkpoints")
     if classifier is None:
         classifier, info = load_or_train_classifier(steps=judge_steps, progress=progress)
+    model = model.to(device)
+    calls = [0]  # forward passes of the network, all batches
+    hook = model.register_forward_pre_hook(lambda module, args: calls.__setitem__(0, calls[0] + 1))
     start = time.perf_counter()
-    images, labels, nfe = sample_images(model.to(device), n, guidance, method, steps, seed,
-                                        batch_size, device, progress, bf16)
+    try:
+        images, labels, nfe = sample_images(model, n, guidance, method, steps, seed, batch_size,
+                                            device, progress, bf16, guidance_interval)
+    finally:
+        hook.remove()
     seconds = time.perf_counter() - start
+    batches = -(-int(n) // int(batch_size))
+    model_calls = calls[0] / batches if calls[0] else nfe * (  # (a sampler of its own: by rule)
+        1 if float(guidance) in (0.0, 1.0) else 2)
     metrics = mnist_metrics(images, labels, classifier, info, reference, seed=seed, memo=memo)
     metrics.update({
         "checkpoint": os.fspath(path), "train_step": int(checkpoint["step"]),
         "guidance": float(guidance), "method": method, "steps": int(steps), "nfe": nfe,
-        "model_calls": nfe * (1 if float(guidance) in (0.0, 1.0) else 2),
-        "sample_seconds": seconds, "seed": int(seed), "ema": bool(ema), "bf16": bool(bf16),
-        "batch": int(batch_size),
+        "model_calls": model_calls, "sample_seconds": seconds, "seed": int(seed),
+        "ema": bool(ema), "bf16": bool(bf16), "batch": int(batch_size),
+        "guidance_interval": None if guidance_interval is None else list(guidance_interval),
     })
     return metrics
 
@@ -132,6 +143,9 @@ def add_evaluate_parser(subparsers):
     p.add_argument("--n", type=int, default=1000, help="samples to judge (default 1000)")
     p.add_argument("--guidance", type=float, default=1.0,
                    help="classifier-free guidance w: 1 = conditional (default), 0 = unconditional")
+    p.add_argument("--guidance-interval", metavar="LO,HI",
+                   help="guide only for LO <= t <= HI (t = 0 noise, 1 data), conditional "
+                        "elsewhere (default: guide everywhere)")
     p.add_argument("--method", default="midpoint", help="euler, midpoint, heun, rk4, dopri5")
     p.add_argument("--steps", type=int, default=20, help="fixed-grid steps (default 20)")
     p.add_argument("--seed", type=int, default=0)
@@ -151,11 +165,24 @@ def add_evaluate_parser(subparsers):
     p.set_defaults(func=cmd_evaluate)
 
 
+def _interval_text(interval):
+    return "" if interval is None else f" for {interval[0]:g} <= t <= {interval[1]:g}"
+
+
+def guidance_interval_of(args):
+    """--guidance-interval "LO,HI" as (t_lo, t_hi), checked, or None."""
+    from fm_torch.solvers import check_guidance_interval
+
+    text = getattr(args, "guidance_interval", None)
+    return None if text is None else check_guidance_interval(str(text).split(","))
+
+
 def cmd_evaluate(args):
     if args.n < 2 or args.steps < 1 or args.judge_steps < 1 or (args.batch or 1) < 1:
         raise ValueError("--n must be >= 2, --steps, --batch and --judge-steps positive")
     if args.out and not args.out.lower().endswith(".json"):
         raise ValueError(f"--out must name a .json file, got {args.out!r}")
+    args.guidance_interval = guidance_interval_of(args)
     if args.bf16 and args.samples is not None:
         raise ValueError("--bf16 sets the precision of sampling; --samples judges images "
                          "already drawn")
@@ -191,9 +218,11 @@ def cmd_evaluate(args):
                                   args.seed, ema=not args.no_ema, judge_steps=args.judge_steps,
                                   device=args.device, progress=not args.no_progress,
                                   bf16=args.bf16,
-                                  batch_size=args.batch or default_chunk(True, args.device))
+                                  batch_size=args.batch or default_chunk(True, args.device),
+                                  guidance_interval=args.guidance_interval)
     print(_format(metrics) + f"; {metrics['nfe']} NFE ({args.method}, {args.steps} steps, "
-          f"w={args.guidance:g}{', bf16' if args.bf16 else ''}); judge test accuracy "
+          f"w={args.guidance:g}{_interval_text(args.guidance_interval)}"
+          f"{', bf16' if args.bf16 else ''}); judge test accuracy "
           f"{metrics['judge']['test_accuracy']:.4f}")
     if args.out:
         write_metrics(args.out, metrics)

@@ -43,8 +43,9 @@ def _draw_samples(model, shape, labels, n, args, device, sink):
     net = bf16_forward(model) if getattr(args, "bf16", False) else model
 
     def field(x, t, y=None):
-        return (ClassifierFreeGuidance(net, y, args.guidance)(x, t) if y is not None
-                else net(x, t, None))
+        return (ClassifierFreeGuidance(net, y, args.guidance,
+                                       getattr(args, "guidance_interval", None))(x, t)
+                if y is not None else net(x, t, None))
 
     y = None if labels is None else torch.from_numpy(labels).to(device)
     t_grid = torch.linspace(0, 1, args.steps + 1, dtype=torch.float64)

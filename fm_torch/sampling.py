@@ -41,10 +41,11 @@ def bf16_forward(model):
 
 @torch.no_grad()
 def sample(model, x0, y=None, guidance=1.0, method="midpoint", steps=20, return_nfe=False,
-           bf16=False):
+           bf16=False, guidance_interval=None):
     """Integrate dx/dt = v(x, t) from x0 (t=0) to t=1 on a uniform grid of `steps` intervals.
 
-    With labels y, v is classifier-free guided: v_uncond + w (v_cond - v_uncond).
+    With labels y, v is classifier-free guided: v_uncond + w (v_cond - v_uncond), only for
+    t in guidance_interval (t_lo, t_hi) when one is given (ClassifierFreeGuidance).
     A MeanFlow model with method "euler" takes `steps` average-velocity steps instead
     (fm_torch.meanflow.sample; NFE = steps); a diffusion model's flow starts at its t_min
     (its own flow_sample). bf16: the network under bf16 autocast (bf16_forward; flow
@@ -67,7 +68,7 @@ def sample(model, x0, y=None, guidance=1.0, method="midpoint", steps=20, return_
         raise ValueError(f"steps must be a positive integer, got {steps}")
     if bf16:
         model = bf16_forward(model)
-    v = ClassifierFreeGuidance(model, y, guidance) if y is not None else (
+    v = ClassifierFreeGuidance(model, y, guidance, guidance_interval) if y is not None else (
         lambda x, t: model(x, t, None))
     t_grid = torch.linspace(0, 1, int(steps) + 1, dtype=torch.float64)
     return odeint(v, x0, t_grid, method=method, return_nfe=return_nfe)

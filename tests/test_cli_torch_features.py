@@ -340,3 +340,48 @@ def test_sample_chunk_default_and_bf16(unet_ckpt, tmp_path, capsys):
     np.testing.assert_allclose(got["sevens"], got["default"], rtol=0, atol=1e-6)
     diff = np.abs(got["bf16"] - got["default"])
     assert 0 < diff.mean() < 5e-3 and diff.max() < 5e-2, (diff.mean(), diff.max())
+
+
+def test_guidance_interval_through_evaluate_and_sample(unet_ckpt, small_mnist, tmp_path,
+                                                       monkeypatch, capsys):
+    """--guidance-interval LO,HI reaches the sampler: evaluate's images are those of
+    sample_images with that interval, its counted network calls drop from 2 an NFE to 1
+    outside it (Euler on 4 steps, t = 0, 0.25, 0.5, 0.75; interval 0.5,1: 1 + 1 + 2 + 2 =
+    6 calls a trajectory, against 8), and sample with 0,1 (every t) draws what no interval draws; a
+    malformed interval is one line, exit 2."""
+    from fm_numpy.io import load_npz
+
+    reference = (small_mnist["train"], small_mnist["test"])
+    kit = ev.load_or_train_classifier(cache_dir=tmp_path / "judge", steps=30, width=8, seed=0,
+                                      progress=False, data=reference)
+    monkeypatch.setattr(cli_ev, "load_or_train_classifier", lambda steps, progress=True: kit)
+    common = ["evaluate", "--model", str(unet_ckpt), "--n", "10", "--steps", "4", "--method",
+              "euler", "--guidance", "2", "--no-progress"]
+    runs = {}
+    for name, extra in {"all": [], "late": ["--guidance-interval", "0.5,1"]}.items():
+        out = tmp_path / f"{name}.json"
+        assert main([*common, *extra, "--out", str(out)]) == 0, capsys.readouterr().err
+        runs[name] = json.loads(out.read_text())
+    assert runs["all"]["model_calls"] == 8 and runs["late"]["model_calls"] == 6  # per NFE 2/1
+    assert runs["late"]["guidance_interval"] == [0.5, 1.0]
+    model, _ = load_model(unet_ckpt, ema=True)
+    images, labels, _ = cli_ev.sample_images(model, 10, 2.0, "euler", 4, 0,
+                                             guidance_interval=(0.5, 1.0))
+    want = ev.mnist_metrics(images, labels, *kit, reference)
+    assert runs["late"]["fd"] == pytest.approx(want["fd"], rel=1e-9)
+    assert runs["late"]["fd"] != pytest.approx(runs["all"]["fd"], rel=1e-6)
+
+    got = {}
+    for name, extra in {"none": [], "every": ["--guidance-interval", "0,1"],
+                        "late": ["--guidance-interval", "0.5,1"]}.items():
+        argv = ["sample", "--model", str(unet_ckpt), "--per-class", "2", "--steps", "4",
+                "--method", "euler", "--guidance", "2", "--out", str(tmp_path / f"{name}.png"),
+                "--npz", str(tmp_path / f"{name}.npz"), *extra]
+        assert main(argv) == 0, capsys.readouterr().err
+        got[name] = load_npz(tmp_path / f"{name}.npz")["images"]
+    np.testing.assert_array_equal(got["every"], got["none"])
+    assert np.abs(got["late"] - got["none"]).max() > 1e-4
+    capsys.readouterr()
+    assert main([*common, "--guidance-interval", "0.8,0.2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "0 <= t_lo <= t_hi <= 1" in err[0], err

@@ -237,3 +237,44 @@ def test_fixed_step_trajectories_agree_for_gaussian_mixture_oracle(method, sched
     xs_th = th_solvers.odeint(v_th, torch.from_numpy(x_start), t_grid, method)
     assert np.all(np.isfinite(xs_np))
     assert_close(xs_np, xs_th, _trajectory_scale(xs_np), RTOL[np.float64], f"{method} trajectory")
+
+
+@given(
+    guidance=st.floats(-2.0, 8.0),
+    ends=st.lists(st.sampled_from([0.0, 0.25, 0.5, 1.0]) | st.floats(0.0, 1.0), min_size=2,
+                  max_size=2),
+    t=st.sampled_from([0.0, 0.25, 0.5, 1.0]) | st.floats(0.0, 1.0),
+    seed=seeds,
+)
+def test_guidance_interval_guides_inside_and_conditions_outside(guidance, ends, t, seed,
+                                                                 tmp_path_factory):
+    """interval (t_lo, t_hi), ends included: inside, the guided field of no interval; outside,
+    the conditional model(x, t, y) itself (one evaluation); the same in both packages, with
+    t as a float and (torch's adaptive solvers) as a 0-d tensor."""
+    lo, hi = sorted(ends)
+    mlp_np, mlp_th = _mlp_pair(3, 16, 2, 4, seed % 1000, np.float64,
+                               tmp_path_factory.mktemp("m"))
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((5, 3))
+    y = rng.integers(0, 4, 5)
+    x_th, y_th = torch.from_numpy(x), torch.from_numpy(y)
+    inside = lo <= t <= hi
+    v_np = np_solvers.ClassifierFreeGuidance(mlp_np, y, guidance, (lo, hi))(x, t)
+    want_np = (np_solvers.ClassifierFreeGuidance(mlp_np, y, guidance)(x, t) if inside
+               else mlp_np(x, t, y))
+    np.testing.assert_array_equal(v_np, want_np)
+    with torch.no_grad():
+        cfg_th = th_solvers.ClassifierFreeGuidance(mlp_th, y_th, guidance, (lo, hi))
+        want_th = (th_solvers.ClassifierFreeGuidance(mlp_th, y_th, guidance)(x_th, t) if inside
+                   else mlp_th(x_th, t, y_th))
+        for t_in in (t, torch.tensor(t, dtype=torch.float64)):
+            np.testing.assert_array_equal(cfg_th(x_th, t_in).numpy(), want_th.numpy())
+    assert_close(v_np, want_th.numpy(), 1 + abs(guidance), RTOL[np.float64], "across packages")
+
+
+@pytest.mark.parametrize("bad", [(0.5, 0.2), (-0.1, 0.5), (0.2, 1.5), (0.1,), "ab",
+                                 (float("nan"), 0.5)])
+def test_guidance_interval_refuses_what_is_not_one(bad):
+    for solvers in (np_solvers, th_solvers):
+        with pytest.raises(ValueError, match="guidance interval"):
+            solvers.ClassifierFreeGuidance(lambda x, t, y: x, None, 2.0, bad)
