@@ -210,6 +210,9 @@ def add_sample_parser(subparsers):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, default=1.0,
                    help="classifier-free guidance w (1 = conditional; class models only)")
+    p.add_argument("--guidance-interval", metavar="LO,HI",
+                   help="guide only for LO <= t <= HI (t = 0 noise, 1 data), conditional "
+                        "elsewhere (default: guide everywhere)")
     p.add_argument("--chunk", type=int,
                    help="samples integrated at a time (memory and speed; default 1024, and 100 "
                         "for a convnet, whose forward pass caches its im2col patches)")
@@ -258,12 +261,16 @@ def cmd_sample(args):
     from fm_numpy.models import load_model
     from fm_numpy.models.threads import threaded
     from fm_numpy.sampling import NpzStreamWriter, check_output_fits, sample_in_chunks
-    from fm_numpy.solvers import ClassifierFreeGuidance, odeint
+    from fm_numpy.solvers import ClassifierFreeGuidance, check_guidance_interval, odeint
 
     if args.n < 1 or args.steps < 1 or (args.chunk is not None and args.chunk < 1):
         raise ValueError(f"-n, --steps and --chunk must be positive, got {args.n}, "
                          f"{args.steps} and {args.chunk}")
+    args.guidance_interval = check_guidance_interval(args.guidance_interval)
     model = load_model(args.model)  # MLP, ResMLP or ConvUNet, from the file's config
+    if args.guidance_interval and getattr(model, "mean_flow", False) and args.method == "euler":
+        raise ValueError("--guidance-interval is for the flow ODE; MeanFlow's euler steps "
+                         "take their guidance whole")
     if args.chunk is None:  # a guided ConvUNet chunk of 1024 cached about 10 GB of patches
         args.chunk = 100 if model.config.get("arch") == "convnet" else 1024
     from fm_numpy.cli_userdata import class_labels, sample_user_run
@@ -288,7 +295,8 @@ def cmd_sample(args):
     net = threaded(model, model.config.get("arch", "mlp"), args.threads)  # batch slices
     field = net
     if model.num_classes:
-        field = lambda x, t, y: ClassifierFreeGuidance(net, y, args.guidance)(x, t)  # noqa: E731
+        field = lambda x, t, y: ClassifierFreeGuidance(  # noqa: E731
+            net, y, args.guidance, args.guidance_interval)(x, t)
     t_grid = np.linspace(0.0, 1.0, args.steps + 1)
     mean_flow = getattr(model, "mean_flow", False) and args.method == "euler"
     head = []  # the first rows, for the plots (the rest only streams to the file)

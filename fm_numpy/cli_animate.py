@@ -76,7 +76,8 @@ def cmd_animate(args):
         xs = meanflow_sample(model, x0, args.steps, labels, args.guidance)  # (K, B, D)
     else:
         field = ((lambda x, t: model.forward(x, t, None)) if labels is None
-                 else ClassifierFreeGuidance(model, labels, args.guidance))
+                 else ClassifierFreeGuidance(model, labels, args.guidance,
+                                             getattr(args, "guidance_interval", None)))
         xs = odeint(field, x0, t_grid, method=args.method)  # (K, B, D)
     if image:
         rows = model.num_classes or 8

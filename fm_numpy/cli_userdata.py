@@ -72,7 +72,8 @@ def sample_user_run(args, model, info):
     net = threaded(model, model.config.get("arch", "mlp"), args.threads)
     field = net
     if model.num_classes:
-        field = lambda x, t, y: ClassifierFreeGuidance(net, y, args.guidance)(x, t)  # noqa: E731
+        field = lambda x, t, y: ClassifierFreeGuidance(  # noqa: E731
+            net, y, args.guidance, getattr(args, "guidance_interval", None))(x, t)
     rng = np.random.default_rng(args.seed)
     head = []  # model-space rows kept for the grid
     with NpzStreamWriter(args.out) as writer:

@@ -131,9 +131,12 @@ def odeint(v, x0, t_grid, method="euler", return_nfe=False, rtol=1e-5, atol=1e-5
 
 
 def check_guidance_interval(interval):
-    """(t_lo, t_hi) as floats with 0 <= t_lo <= t_hi <= 1, or None; anything else is refused."""
+    """(t_lo, t_hi) as floats with 0 <= t_lo <= t_hi <= 1, or None; anything else is refused.
+    A string "LO,HI" (the command lines' --guidance-interval) is read as the two numbers."""
     if interval is None:
         return None
+    if isinstance(interval, str):
+        interval = interval.split(",")
     try:
         lo, hi = (float(v) for v in interval)
     except (TypeError, ValueError):

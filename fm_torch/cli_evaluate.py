@@ -173,8 +173,7 @@ def guidance_interval_of(args):
     """--guidance-interval "LO,HI" as (t_lo, t_hi), checked, or None."""
     from fm_torch.solvers import check_guidance_interval
 
-    text = getattr(args, "guidance_interval", None)
-    return None if text is None else check_guidance_interval(str(text).split(","))
+    return check_guidance_interval(getattr(args, "guidance_interval", None))
 
 
 def cmd_evaluate(args):
