@@ -203,17 +203,15 @@ def cmd_sample(args):
 
     from fm_torch.plots import save_image_grid, save_scatter
     from fm_torch.sampling import NpzStreamWriter, bf16_forward, default_chunk, sample_in_chunks
-    from fm_torch.solvers import ClassifierFreeGuidance
+    from fm_torch.solvers import ClassifierFreeGuidance, check_guidance_interval
     from fm_torch.train import load_model, sample
 
     if args.steps < 1 or args.per_class < 1 or args.n < 1 or (args.chunk or 1) < 1:
         raise ValueError("--steps, --per-class, -n and --chunk must be positive integers")
     if not args.out.lower().endswith(".png"):
         raise ValueError(f"--out must name a .png file, got {args.out!r}")
+    args.guidance_interval = check_guidance_interval(args.guidance_interval)  # "LO,HI"
     from fm_numpy.userdata import run_data_info
-    from fm_torch.cli_evaluate import guidance_interval_of
-
-    args.guidance_interval = guidance_interval_of(args)
 
     info = run_data_info(args.model)
     if info is not None:  # a run on the user's own data: samples in the data's units

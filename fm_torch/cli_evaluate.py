@@ -20,6 +20,7 @@ from fm_torch.evaluate import (
 )
 from fm_torch.sampling import IMAGE_CHUNK_CPU as SAMPLE_BATCH  # images integrated at a time
 from fm_torch.sampling import default_chunk
+from fm_torch.solvers import check_guidance_interval
 
 __all__ = ["sample_images", "evaluate_checkpoint", "evaluate_samples", "add_evaluate_parser",
            "cmd_evaluate"]
@@ -169,19 +170,12 @@ def _interval_text(interval):
     return "" if interval is None else f" for {interval[0]:g} <= t <= {interval[1]:g}"
 
 
-def guidance_interval_of(args):
-    """--guidance-interval "LO,HI" as (t_lo, t_hi), checked, or None."""
-    from fm_torch.solvers import check_guidance_interval
-
-    return check_guidance_interval(getattr(args, "guidance_interval", None))
-
-
 def cmd_evaluate(args):
     if args.n < 2 or args.steps < 1 or args.judge_steps < 1 or (args.batch or 1) < 1:
         raise ValueError("--n must be >= 2, --steps, --batch and --judge-steps positive")
     if args.out and not args.out.lower().endswith(".json"):
         raise ValueError(f"--out must name a .json file, got {args.out!r}")
-    args.guidance_interval = guidance_interval_of(args)
+    args.guidance_interval = check_guidance_interval(args.guidance_interval)  # "LO,HI"
     if args.bf16 and args.samples is not None:
         raise ValueError("--bf16 sets the precision of sampling; --samples judges images "
                          "already drawn")
