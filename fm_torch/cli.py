@@ -248,8 +248,12 @@ def cmd_sample(args):
         drawn[0] += k
         return x0.to(device)
 
-    calls = [0]
-    net = bf16_forward(model) if args.bf16 else model
+    calls, net_calls = [0], [0]  # guided-field calls (NFE) and network calls, all chunks
+    forward = bf16_forward(model) if args.bf16 else model
+
+    def net(x, t, y=None):
+        net_calls[0] += 1
+        return forward(x, t, y)
 
     def field(x, t, y=None):
         calls[0] += 1
@@ -276,7 +280,8 @@ def cmd_sample(args):
             writer.begin("labels", (n,), np.int64)
             for lo in range(0, n, 1 << 20):
                 writer.write(y_all[lo:lo + (1 << 20)].cpu().numpy())
-    nfe = calls[0] // -(-n // args.chunk)  # evaluations per chunk
+    chunks = -(-n // args.chunk)
+    nfe, evals = calls[0] // chunks, net_calls[0] // chunks  # per chunk: one trajectory
     x0_head = torch.stack([x0_traced[int(i)] for i in traced])  # (len(traced), ...)
     if mnist:
         per_row = min(args.per_class, _GRID_PER_CLASS)
@@ -288,7 +293,6 @@ def cmd_sample(args):
         strip = ((xs[:, :, 0].clamp(-1, 1) + 1) / 2).cpu().numpy()[_strip_indices(args.steps)]
         save_image_grid(stem + "_trajectory.png", strip.transpose(1, 0, 2, 3).reshape(-1, 28, 28),
                         rows=10)  # (11, 10, 28, 28) -> rows of one class
-        evals = nfe * (1 if args.guidance in (0.0, 1.0) else 2)  # guidance runs the model twice
         shown = "" if per_row == args.per_class else f", the grid shows {per_row} per class"
         print(f"wrote {args.out} ({n} images{shown}, NFE {nfe}, {evals} model evaluations) and "
               f"{stem}_trajectory.png" + (f" and {args.npz}" if args.npz else ""))

@@ -379,6 +379,8 @@ def test_guidance_interval_through_evaluate_and_sample(unet_ckpt, small_mnist, t
                 "--npz", str(tmp_path / f"{name}.npz"), *extra]
         assert main(argv) == 0, capsys.readouterr().err
         got[name] = load_npz(tmp_path / f"{name}.npz")["images"]
+        printed = capsys.readouterr().out
+        assert f"NFE 4, {6 if name == 'late' else 8} model evaluations" in printed, printed
     np.testing.assert_array_equal(got["every"], got["none"])
     assert np.abs(got["late"] - got["none"]).max() > 1e-4
     capsys.readouterr()
