@@ -153,8 +153,8 @@ def add_evaluate_parser(subparsers):
     p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
     p.add_argument("--bf16", action="store_true",
                    help="sample with the network under bf16 autocast (the ODE state stays "
-                        "float32): 2.8x faster on a CPU with native bf16; docs/benchmarks.md "
-                        "measures what it changes")
+                        "float32): faster on a CPU with native bf16, slower without; "
+                        "docs/benchmarks.md, 'Sampling on a CPU', measures both")
     p.add_argument("--batch", type=int,
                    help=f"samples integrated at a time (speed and memory; the samples do not "
                         f"depend on it; default {SAMPLE_BATCH} images on a CPU)")

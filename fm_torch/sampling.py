@@ -23,7 +23,8 @@ IMAGE_CHUNK_CPU = 100
 def default_chunk(images, device):
     """Rows integrated at a time when the user names none: IMAGE_CHUNK_CPU for images on a
     CPU, DEFAULT_CHUNK otherwise (points, or a GPU, where larger batches keep it busy)."""
-    return IMAGE_CHUNK_CPU if images and torch.device(device).type == "cpu" else DEFAULT_CHUNK
+    on_cpu = str(device).split(":")[0] == "cpu"  # a bad device name is refused where used
+    return IMAGE_CHUNK_CPU if images and on_cpu else DEFAULT_CHUNK
 
 
 def bf16_forward(model):
