@@ -16,7 +16,7 @@ __all__ = ["DEFAULT_CHUNK", "IMAGE_CHUNK_CPU", "default_chunk", "sample", "bf16_
            "sample_in_chunks", "check_output_fits", "NpzStreamWriter"]
 
 # Images integrated at a time by a U-Net on a CPU: the activations of 100 MNIST images stay
-# in cache, 2x faster an image than 500 (docs/benchmarks.md, "Sampling on a CPU").
+# in cache, 2.3x faster an image than 500 in fp32 (docs/benchmarks.md, "Sampling on a CPU").
 IMAGE_CHUNK_CPU = 100
 
 
