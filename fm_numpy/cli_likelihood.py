@@ -187,7 +187,7 @@ def check_args(args, info=None):
         if args.data is not None:
             raise ValueError(f"{args.model} was trained on {info['file']['path']}: leave out "
                              "--data, likelihood scores that run's held-out rows")
-        args.data = os.path.basename(info["file"]["path"])
+        args.data = info["file"]["path"]  # the recorded path: never a built-in set's name
         dim = int(np.prod(info["file"]["shape"]))
     elif args.data is None:
         args.data = "8gaussians"
