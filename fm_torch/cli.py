@@ -228,14 +228,14 @@ def cmd_sample(args):
     if (args.bf16 or args.guidance_interval) and whole:
         raise ValueError("--bf16 and --guidance-interval are for flow-matching models; this "
                          "diffusion or MeanFlow model samples its own way")
+    mnist = checkpoint["config"]["data"] == "mnist"
     if args.chunk is None:
-        args.chunk = default_chunk(checkpoint["config"]["data"] == "mnist", device)
-    _check_sample_fits(args, checkpoint["config"]["data"] == "mnist", whole)
+        args.chunk = default_chunk(mnist, device)
+    _check_sample_fits(args, mnist, whole)
     if whole:
         return _sample_whole(args, model, checkpoint, chosen)  # not chunked
     g = torch.Generator().manual_seed(args.seed)
     stem = os.path.splitext(args.out)[0]
-    mnist = checkpoint["config"]["data"] == "mnist"
     n, shape = (10 * args.per_class, (1, 28, 28)) if mnist else (args.n, (2,))
     # rows whose whole path is plotted: the first of each class (MNIST), the first 300 (2-D)
     traced = (np.arange(10) * args.per_class) if mnist else np.arange(min(n, 300))

@@ -18,8 +18,7 @@ from fm_torch.evaluate import (
     mnist_metrics,
     write_metrics,
 )
-from fm_torch.sampling import IMAGE_CHUNK_CPU as SAMPLE_BATCH  # images integrated at a time
-from fm_torch.sampling import default_chunk
+from fm_torch.sampling import IMAGE_CHUNK_CPU, default_chunk
 from fm_torch.solvers import check_guidance_interval
 
 __all__ = ["sample_images", "evaluate_checkpoint", "evaluate_samples", "add_evaluate_parser",
@@ -28,18 +27,20 @@ __all__ = ["sample_images", "evaluate_checkpoint", "evaluate_samples", "add_eval
 
 @torch.no_grad()
 def sample_images(model, n, guidance=1.0, method="midpoint", steps=20, seed=0,
-                  batch_size=SAMPLE_BATCH, device="cpu", progress=False, bf16=False,
+                  batch_size=None, device="cpu", progress=False, bf16=False,
                   guidance_interval=None):
     """n class-conditional MNIST samples, classes 0..9 in turn (y_i = i mod 10).
 
     x0 ~ N(0, I) from torch.Generator(seed), integrated by fm_torch.train.sample with
     guidance w (bf16: the network under bf16 autocast, the ODE state in float32); the
-    model's [-1, 1] output is clipped and mapped to [0, 1].
+    model's [-1, 1] output is clipped and mapped to [0, 1]. batch_size: images integrated
+    at a time (default: default_chunk for images on `device`).
     Returns (images (n, 28, 28) float32 NumPy, labels (n,) int64, NFE per batch).
     """
     from fm_torch.train import sample
 
     n = int(n)
+    batch_size = batch_size or default_chunk(True, device)
     if n < 1:
         raise ValueError(f"the number of samples must be positive, got {n}")
     g = torch.Generator().manual_seed(int(seed))
@@ -60,7 +61,7 @@ def sample_images(model, n, guidance=1.0, method="midpoint", steps=20, seed=0,
 def evaluate_checkpoint(path, n=1000, guidance=1.0, method="midpoint", steps=20, seed=0,
                         ema=True, judge_steps=DEFAULT_CLASSIFIER_STEPS, device="cpu",
                         progress=True, classifier=None, info=None, reference=None, memo=None,
-                        bf16=False, batch_size=SAMPLE_BATCH, guidance_interval=None):
+                        bf16=False, batch_size=None, guidance_interval=None):
     """Sample n images from an fm-torch MNIST checkpoint and judge them (see mnist_metrics).
 
     Adds "nfe" (evaluations of the guided velocity field along one trajectory),
@@ -77,6 +78,7 @@ def evaluate_checkpoint(path, n=1000, guidance=1.0, method="midpoint", steps=20,
     if classifier is None:
         classifier, info = load_or_train_classifier(steps=judge_steps, progress=progress)
     model = model.to(device)
+    batch_size = batch_size or default_chunk(True, device)
     calls = [0]  # forward passes of the network, all batches
     hook = model.register_forward_pre_hook(lambda module, args: calls.__setitem__(0, calls[0] + 1))
     start = time.perf_counter()
@@ -157,7 +159,7 @@ def add_evaluate_parser(subparsers):
                         "docs/benchmarks.md, 'Sampling on a CPU', measures both")
     p.add_argument("--batch", type=int,
                    help=f"samples integrated at a time (speed and memory; the samples do not "
-                        f"depend on it; default {SAMPLE_BATCH} images on a CPU)")
+                        f"depend on it; default {IMAGE_CHUNK_CPU} images on a CPU)")
     p.add_argument("--judge-steps", type=int, default=DEFAULT_CLASSIFIER_STEPS,
                    help=f"training steps of the cached judge (default {DEFAULT_CLASSIFIER_STEPS})")
     p.add_argument("--device", default="cpu")
@@ -210,8 +212,7 @@ def cmd_evaluate(args):
     metrics = evaluate_checkpoint(args.model, args.n, args.guidance, args.method, args.steps,
                                   args.seed, ema=not args.no_ema, judge_steps=args.judge_steps,
                                   device=args.device, progress=not args.no_progress,
-                                  bf16=args.bf16,
-                                  batch_size=args.batch or default_chunk(True, args.device),
+                                  bf16=args.bf16, batch_size=args.batch,
                                   guidance_interval=args.guidance_interval)
     print(_format(metrics) + f"; {metrics['nfe']} NFE ({args.method}, {args.steps} steps, "
           f"w={args.guidance:g}{_interval_text(args.guidance_interval)}"

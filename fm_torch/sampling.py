@@ -49,14 +49,17 @@ def sample(model, x0, y=None, guidance=1.0, method="midpoint", steps=20, return_
     t in guidance_interval (t_lo, t_hi) when one is given (ClassifierFreeGuidance).
     A MeanFlow model with method "euler" takes `steps` average-velocity steps instead
     (fm_torch.meanflow.sample; NFE = steps); a diffusion model's flow starts at its t_min
-    (its own flow_sample). bf16: the network under bf16 autocast (bf16_forward; flow
-    matching models only). Returns the trajectory (steps + 1, *x0.shape) [and the NFE].
+    (its own flow_sample); neither takes bf16 (the network under bf16 autocast,
+    bf16_forward) or a guidance interval. Returns the trajectory (steps + 1, *x0.shape)
+    [and the NFE].
     """
     from fm_torch.solvers import ClassifierFreeGuidance
 
-    if bf16 and (hasattr(model, "flow_sample") or getattr(model, "mean_flow", False)):
-        raise ValueError("bf16 sampling is for flow-matching models; sample this diffusion "
-                         "or MeanFlow model in its own precision")
+    own_sampler = hasattr(model, "flow_sample") or (getattr(model, "mean_flow", False)
+                                                     and method == "euler")
+    if own_sampler and (bf16 or guidance_interval is not None):
+        raise ValueError("bf16 sampling and a guidance interval are for the flow ODE; this "
+                         "diffusion or MeanFlow model samples its own way")
 
     if hasattr(model, "flow_sample"):  # a diffusion model's flow starts at t_min
         return model.flow_sample(x0, y, guidance, method, steps, return_nfe)

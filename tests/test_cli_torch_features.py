@@ -272,23 +272,36 @@ def test_reflow_of_a_class_teacher_with_guidance(unet_ckpt, tmp_path, capsys):
     assert (end - plain).abs().max() > 1e-3  # guidance 3 moved the pairs
 
 
+def _small_judge(small_mnist, tmp_path, monkeypatch):
+    """(reference, judge kit): a small judge trained on small_mnist, which evaluate uses."""
+    reference = (small_mnist["train"], small_mnist["test"])
+    kit = ev.load_or_train_classifier(cache_dir=tmp_path / "judge", steps=30, width=8, seed=0,
+                                      progress=False, data=reference)
+    monkeypatch.setattr(cli_ev, "load_or_train_classifier", lambda steps, progress=True: kit)
+    return reference, kit
+
+
+def _evaluate_runs(common, variants, tmp_path, capsys):
+    """{name: evaluate's JSON} of `common` plus each variant's flags (each must exit 0)."""
+    runs = {}
+    for name, extra in variants.items():
+        out = tmp_path / f"{name}.json"
+        assert main([*common, *extra, "--out", str(out)]) == 0, capsys.readouterr().err
+        runs[name] = json.loads(out.read_text())
+    return runs
+
+
 def test_evaluate_bf16_and_batch(unet_ckpt, small_mnist, tmp_path, monkeypatch, capsys):
     """--batch changes how many images are integrated at a time, not the images (the FD of
     batches of 3 equals that of one batch); --bf16 runs the network under bf16 autocast:
     its images differ from fp32's by bf16 rounding only, the ODE state stays float32, and
     it is recorded; --bf16 with --samples (nothing to sample) is one line, exit 2."""
-    reference = (small_mnist["train"], small_mnist["test"])
-    kit = ev.load_or_train_classifier(cache_dir=tmp_path / "judge", steps=30, width=8, seed=0,
-                                      progress=False, data=reference)
-    monkeypatch.setattr(cli_ev, "load_or_train_classifier", lambda steps, progress=True: kit)
+    reference, kit = _small_judge(small_mnist, tmp_path, monkeypatch)
     common = ["evaluate", "--model", str(unet_ckpt), "--n", "10", "--steps", "2", "--method",
               "euler", "--guidance", "1.5", "--no-progress"]
-    runs = {}
-    for name, extra in {"one": [], "threes": ["--batch", "3"], "bf16": ["--bf16"]}.items():
-        out = tmp_path / f"{name}.json"
-        assert main([*common, *extra, "--out", str(out)]) == 0, capsys.readouterr().err
-        runs[name] = json.loads(out.read_text())
-    assert (runs["one"]["batch"], runs["threes"]["batch"]) == (cli_ev.SAMPLE_BATCH, 3)
+    runs = _evaluate_runs(common, {"one": [], "threes": ["--batch", "3"], "bf16": ["--bf16"]},
+                          tmp_path, capsys)
+    assert (runs["one"]["batch"], runs["threes"]["batch"]) == (cli_ev.IMAGE_CHUNK_CPU, 3)
     assert runs["threes"]["fd"] == pytest.approx(runs["one"]["fd"], rel=1e-6)
     assert runs["bf16"]["bf16"] is True and runs["one"]["bf16"] is False
     assert runs["bf16"]["fd"] != runs["one"]["fd"]
@@ -309,16 +322,18 @@ def test_evaluate_bf16_and_batch(unet_ckpt, small_mnist, tmp_path, monkeypatch, 
 
 
 def test_bf16_sampling_refuses_models_with_their_own_sampler():
-    """bf16 autocast wraps a flow-matching field; a MeanFlow or diffusion model's sampler
-    calls its network its own way, so bf16 is refused there rather than silently ignored."""
+    """bf16 autocast and a guidance interval wrap the flow ODE's field; MeanFlow's euler
+    steps and a diffusion model's sampler call the network their own way, so both are
+    refused there rather than silently ignored."""
     from fm_torch.sampling import sample
 
     class MeanFlowLike(torch.nn.Module):
         mean_flow = True
 
     x0 = torch.zeros(2, 2)
-    with pytest.raises(ValueError, match="bf16 sampling is for flow-matching models"):
-        sample(MeanFlowLike(), x0, bf16=True)
+    for extra in ({"bf16": True}, {"guidance_interval": (0.2, 1.0)}):
+        with pytest.raises(ValueError, match="bf16 sampling and a guidance interval are for"):
+            sample(MeanFlowLike(), x0, method="euler", **extra)
 
 
 def test_sample_chunk_default_and_bf16(unet_ckpt, tmp_path, capsys):
@@ -351,17 +366,11 @@ def test_guidance_interval_through_evaluate_and_sample(unet_ckpt, small_mnist, t
     malformed interval is one line, exit 2."""
     from fm_numpy.io import load_npz
 
-    reference = (small_mnist["train"], small_mnist["test"])
-    kit = ev.load_or_train_classifier(cache_dir=tmp_path / "judge", steps=30, width=8, seed=0,
-                                      progress=False, data=reference)
-    monkeypatch.setattr(cli_ev, "load_or_train_classifier", lambda steps, progress=True: kit)
+    reference, kit = _small_judge(small_mnist, tmp_path, monkeypatch)
     common = ["evaluate", "--model", str(unet_ckpt), "--n", "10", "--steps", "4", "--method",
               "euler", "--guidance", "2", "--no-progress"]
-    runs = {}
-    for name, extra in {"all": [], "late": ["--guidance-interval", "0.5,1"]}.items():
-        out = tmp_path / f"{name}.json"
-        assert main([*common, *extra, "--out", str(out)]) == 0, capsys.readouterr().err
-        runs[name] = json.loads(out.read_text())
+    runs = _evaluate_runs(common, {"all": [], "late": ["--guidance-interval", "0.5,1"]},
+                          tmp_path, capsys)
     assert runs["all"]["model_calls"] == 8 and runs["late"]["model_calls"] == 6  # per NFE 2/1
     assert runs["late"]["guidance_interval"] == [0.5, 1.0]
     model, _ = load_model(unet_ckpt, ema=True)
